@@ -1,0 +1,448 @@
+//! The storage contract every backend implements.
+//!
+//! These traits work on **hashes and prepared records**: minting, hashing, format checks,
+//! lifetimes, scope and PKCE rules live once in [`Authstore`](crate::Authstore), which every
+//! caller should use. A backend's job is to store records and to make the few operations
+//! that must be atomic (consuming a code, rotating a refresh token, revoking a family)
+//! atomic. The conformance suite (`authstore-testsuite`) checks every rule here on every
+//! backend.
+//!
+//! Shared rules:
+//! - Every method that takes an [`AuditEvent`] writes that event **in the same transaction**
+//!   as the change it describes, and only if the change happened. `audit.at` is the
+//!   operation's time ("now"). A crash can never leave a change without its event.
+//! - Expiry is enforced in the read: a record with `expires_at <= now` is expired.
+//! - A record "depends on" its grant and client: an access or refresh token whose grant is
+//!   revoked or whose client is disabled does not validate.
+//! - Validation reads never write.
+//! - Strings handed in have been validated by core (no NUL, bounded sizes); a backend must
+//!   still never panic on what it reads back, and returns [`Error::Backend`] for rows it
+//!   cannot decode.
+//! - Deleting a client deletes everything that belongs to it (grants, codes, tokens,
+//!   consents, authorization sessions); audit events stay.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEvent, AuditQuery};
+use crate::error::Result;
+use crate::model::{
+    AccessToken, AuthorizationCode, AuthorizationSession, Client, ClientId, Consent, Grant,
+    GrantId, PatId, PersonalAccessToken, RefreshToken, RefreshTokenState, Subject,
+};
+use crate::time::Timestamp;
+use crate::token::TokenHash;
+
+/// Clients.
+#[async_trait]
+pub trait ClientStore: Debug + Send + Sync + 'static {
+    /// Inserts a new client with the keyed hash of its secret (`None` for public clients).
+    /// Fails with [`Error::Conflict`](crate::Error::Conflict) if the id exists.
+    async fn insert_client(
+        &self,
+        client: &Client,
+        secret_hash: Option<&TokenHash>,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// The client, or `None`.
+    async fn get_client(&self, id: ClientId) -> Result<Option<Client>>;
+
+    /// The client and its secret hash, for authentication. One read.
+    async fn get_client_with_secret(
+        &self,
+        id: ClientId,
+    ) -> Result<Option<(Client, Option<TokenHash>)>>;
+
+    /// Replaces every mutable field of the stored client (name, type, redirect URIs, grant
+    /// types, scopes, auth method, lifetimes, metadata, updated_at, disabled) with `client`'s.
+    /// [`Error::NotFound`](crate::Error::NotFound) if it does not exist. The secret hash is
+    /// unchanged.
+    async fn update_client(&self, client: &Client, audit: AuditEvent) -> Result<()>;
+
+    /// Clients ordered by id, starting after `after`, at most `limit`.
+    async fn list_clients(&self, after: Option<ClientId>, limit: u32) -> Result<Vec<Client>>;
+
+    /// Deletes the client and everything that belongs to it. `false` if it did not exist
+    /// (and then no event is written).
+    async fn delete_client(&self, id: ClientId, audit: AuditEvent) -> Result<bool>;
+
+    /// Replaces the client's secret hash and sets `updated_at = audit.at`.
+    /// [`Error::NotFound`](crate::Error::NotFound) if it does not exist.
+    async fn set_client_secret_hash(
+        &self,
+        id: ClientId,
+        secret_hash: &TokenHash,
+        audit: AuditEvent,
+    ) -> Result<()>;
+}
+
+/// What [`GrantStore::consume_code`] found.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CodeConsumption {
+    /// This call consumed the code: it was unconsumed, unexpired, its grant unrevoked and its
+    /// client enabled. The returned code has `consumed_at` set.
+    Consumed(AuthorizationCode),
+    /// The code exists but was consumed before: a replay. Nothing was written; the caller
+    /// revokes the grant.
+    AlreadyConsumed {
+        /// The grant to revoke.
+        grant_id: GrantId,
+    },
+    /// Unknown, expired, or its grant is revoked or its client disabled. Nothing was written.
+    Inactive,
+}
+
+/// Tokens to store for one grant, in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenIssue {
+    /// A grant to create first (client_credentials, foreign tokens); `None` to issue into
+    /// the existing grant named by the tokens.
+    pub new_grant: Option<Grant>,
+    /// The grant the tokens belong to.
+    pub grant_id: GrantId,
+    /// An access token and its hash.
+    pub access: Option<(TokenHash, AccessToken)>,
+    /// A refresh token and its hash.
+    pub refresh: Option<(TokenHash, RefreshToken)>,
+}
+
+/// Which rotation [`GrantStore::rotate_refresh_token`] performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationMode {
+    /// First use: succeeds only if the presented token is not rotated yet (compare-and-set
+    /// on `rotated_at IS NULL`); sets `rotated_at = now` and `successor`.
+    First,
+    /// Reuse within the grace period: succeeds only if the presented token was rotated at
+    /// or after `rotated_since`; increments `reuse_count`. `rotated_at`/`successor` stay.
+    Grace {
+        /// The earliest rotation time still within the grace period.
+        rotated_since: Timestamp,
+    },
+}
+
+/// One refresh token rotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotation {
+    /// The hash of the presented refresh token.
+    pub presented: TokenHash,
+    /// First rotation or grace reuse.
+    pub mode: RotationMode,
+    /// The new refresh token (same grant).
+    pub refresh: (TokenHash, RefreshToken),
+    /// The new access token (same grant).
+    pub access: (TokenHash, AccessToken),
+}
+
+/// What a single-token revocation found (RFC 7009).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RevokeOutcome {
+    /// The token was found, belonged to the client, and is now revoked (or already was).
+    Revoked {
+        /// Its grant.
+        grant_id: GrantId,
+    },
+    /// No such token. RFC 7009 answers 200 all the same.
+    NotFound,
+    /// The token belongs to another client; nothing was changed.
+    WrongClient,
+}
+
+/// Grants, authorization codes, access and refresh tokens.
+#[async_trait]
+pub trait GrantStore: Debug + Send + Sync + 'static {
+    /// Creates `grant` and stores its authorization code under `code_hash`, atomically.
+    /// [`Error::Inactive`](crate::Error::Inactive) if the client is missing or disabled.
+    async fn issue_code(
+        &self,
+        grant: &Grant,
+        code_hash: &TokenHash,
+        code: &AuthorizationCode,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// **One atomic compare-and-set**: marks the code consumed at `audit.at` if it is
+    /// unconsumed, unexpired (`expires_at > now`), its grant unrevoked and its client enabled.
+    /// Of any number of concurrent callers presenting the same code exactly one gets
+    /// [`CodeConsumption::Consumed`]; the others get `AlreadyConsumed` (the caller then
+    /// revokes the grant). The event is written only for `Consumed`.
+    async fn consume_code(&self, code_hash: &TokenHash, audit: AuditEvent)
+    -> Result<CodeConsumption>;
+
+    /// Stores tokens for a grant in one transaction (creating `new_grant` first if given).
+    /// [`Error::Inactive`](crate::Error::Inactive) and nothing written if the grant is
+    /// missing or revoked or its client missing or disabled.
+    async fn issue_tokens(&self, issue: &TokenIssue, audit: AuditEvent) -> Result<()>;
+
+    /// The grant, revoked or not, or `None`.
+    async fn get_grant(&self, id: GrantId) -> Result<Option<Grant>>;
+
+    /// **The hot path.** One indexed read: the access token stored under `hash` if it is
+    /// unexpired (`expires_at > now`), unrevoked, its grant unrevoked and its client
+    /// enabled; otherwise `None`. Never writes.
+    async fn find_access_token(&self, hash: &TokenHash, now: Timestamp)
+    -> Result<Option<AccessToken>>;
+
+    /// The refresh token stored under `hash` in whatever state, with its grant and client
+    /// state, or `None`. One read; never writes.
+    async fn find_refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenState>>;
+
+    /// Rotates a refresh token atomically: applies `rotation.mode`'s compare-and-set on the
+    /// presented token (which must also be unrevoked, with its grant unrevoked), and in the
+    /// same transaction stores the new refresh and access tokens. `Ok(false)` and nothing
+    /// written if the compare-and-set fails; the caller re-reads and decides.
+    async fn rotate_refresh_token(&self, rotation: &Rotation, audit: AuditEvent) -> Result<bool>;
+
+    /// Revokes one access token (RFC 7009). With `client`, only if it belongs to that client.
+    async fn revoke_access_token(
+        &self,
+        hash: &TokenHash,
+        client: Option<ClientId>,
+        audit: AuditEvent,
+    ) -> Result<RevokeOutcome>;
+
+    /// Revokes one refresh token and its whole grant, so every access token of the grant
+    /// stops validating at once (RFC 7009 §2.1). With `client`, only if it belongs to it.
+    async fn revoke_refresh_token(
+        &self,
+        hash: &TokenHash,
+        client: Option<ClientId>,
+        audit: AuditEvent,
+    ) -> Result<RevokeOutcome>;
+
+    /// Revokes a grant (sets `revoked_at` if unset). `true` if the grant exists. Every code
+    /// and token of the grant stops working at once.
+    async fn revoke_grant(&self, id: GrantId, audit: AuditEvent) -> Result<bool>;
+
+    /// Revokes every unrevoked grant of a client in one set-based statement; returns how many.
+    async fn revoke_grants_by_client(&self, client: ClientId, audit: AuditEvent) -> Result<u64>;
+
+    /// Revokes every unrevoked grant of a subject in one set-based statement ("log out
+    /// everywhere"); returns how many.
+    async fn revoke_grants_by_subject(&self, subject: &Subject, audit: AuditEvent) -> Result<u64>;
+}
+
+/// Personal access tokens.
+#[async_trait]
+pub trait PatStore: Debug + Send + Sync + 'static {
+    /// Stores a new PAT under `hash`.
+    async fn insert_pat(
+        &self,
+        hash: &TokenHash,
+        pat: &PersonalAccessToken,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// One read: the PAT under `hash` if unrevoked and unexpired (`expires_at` is `None` or
+    /// `> now`), else `None`. Never writes.
+    async fn find_pat(&self, hash: &TokenHash, now: Timestamp)
+    -> Result<Option<PersonalAccessToken>>;
+
+    /// A user's PATs, any state, ordered by id.
+    async fn list_pats(&self, user: &Subject) -> Result<Vec<PersonalAccessToken>>;
+
+    /// Revokes a PAT; `false` if it does not exist or belongs to another user than `user`
+    /// (when given).
+    async fn revoke_pat(&self, id: PatId, user: Option<&Subject>, audit: AuditEvent)
+    -> Result<bool>;
+
+    /// Records last-used times in one batch (later times win; unknown ids are ignored). Not
+    /// audited: it is bookkeeping, not a security change.
+    async fn record_pat_usage(&self, usage: &[(PatId, Timestamp)]) -> Result<()>;
+}
+
+/// Authorization requests in flight.
+#[async_trait]
+pub trait AuthorizationSessionStore: Debug + Send + Sync + 'static {
+    /// Stores a new session under `hash`.
+    async fn insert_authorization_session(
+        &self,
+        hash: &TokenHash,
+        session: &AuthorizationSession,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// The session if unexpired and not completed, else `None`.
+    async fn find_authorization_session(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+    ) -> Result<Option<AuthorizationSession>>;
+
+    /// Sets the subject of a pending (unexpired, uncompleted) session; `false` if there is
+    /// none. A subject already attached may not be replaced by another one (`false`).
+    async fn set_authorization_session_subject(
+        &self,
+        hash: &TokenHash,
+        subject: &Subject,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// **Compare-and-set**: completes a pending session that has a subject; exactly one of
+    /// concurrent callers gets it back (with `completed_at` set), the others `None`.
+    async fn complete_authorization_session(
+        &self,
+        hash: &TokenHash,
+        audit: AuditEvent,
+    ) -> Result<Option<AuthorizationSession>>;
+
+    /// Ends a pending session now (sets `expires_at = now`); `false` if none was pending.
+    async fn expire_authorization_session(&self, hash: &TokenHash, audit: AuditEvent)
+    -> Result<bool>;
+}
+
+/// Remembered consents.
+#[async_trait]
+pub trait ConsentStore: Debug + Send + Sync + 'static {
+    /// Inserts or replaces the consent of (client, subject).
+    async fn put_consent(&self, consent: &Consent, audit: AuditEvent) -> Result<()>;
+
+    /// The consent of (client, subject), or `None`.
+    async fn get_consent(&self, client: ClientId, subject: &Subject) -> Result<Option<Consent>>;
+
+    /// Deletes the consent and, in the same transaction, revokes every grant of that client
+    /// for that subject. `false` if there was no consent (grants are revoked all the same).
+    async fn delete_consent(
+        &self,
+        client: ClientId,
+        subject: &Subject,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Debug + Send + Sync + 'static {
+    /// Events matching `query` ([`AuditQuery::matches`]), ordered by id ascending, at most
+    /// `query.effective_limit()`.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+}
+
+/// How [`Maintenance::cleanup`] works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupOptions {
+    /// Keep expired, revoked and consumed rows this long after they stopped being valid, so
+    /// replays are still recognised and operators can look. Default one day.
+    pub retention: Duration,
+    /// Rows deleted per batch (one short transaction each). Default 1000, at most 100 000.
+    pub batch_size: u32,
+    /// Most batches per kind in one call; the report says whether more remain. Default 1000.
+    pub max_batches: u32,
+}
+
+impl Default for CleanupOptions {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(86_400), batch_size: 1000, max_batches: 1000 }
+    }
+}
+
+/// What cleanup deleted, per kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CleanupReport {
+    /// Authorization codes.
+    pub authorization_codes: u64,
+    /// Access tokens.
+    pub access_tokens: u64,
+    /// Refresh tokens.
+    pub refresh_tokens: u64,
+    /// Grants (and, by cascade, anything left of them: already counted above or dead).
+    pub grants: u64,
+    /// Personal access tokens.
+    pub personal_access_tokens: u64,
+    /// Authorization sessions.
+    pub authorization_sessions: u64,
+    /// Whether a kind hit `max_batches`, so more may remain.
+    pub incomplete: bool,
+}
+
+impl CleanupReport {
+    /// Total rows deleted.
+    pub fn total(&self) -> u64 {
+        self.authorization_codes
+            + self.access_tokens
+            + self.refresh_tokens
+            + self.grants
+            + self.personal_access_tokens
+            + self.authorization_sessions
+    }
+}
+
+/// Counts of one kind of record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindStats {
+    /// Usable now.
+    pub active: u64,
+    /// Past expiry (and not revoked).
+    pub expired: u64,
+    /// Revoked (itself or through its grant).
+    pub revoked: u64,
+    /// Used up: consumed codes, rotated refresh tokens, completed sessions (not revoked).
+    pub used: u64,
+}
+
+/// Counts per kind, and the database size where the backend knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Clients (all).
+    pub clients: u64,
+    /// Disabled clients.
+    pub disabled_clients: u64,
+    /// Grants: active or revoked (grants do not expire).
+    pub grants: KindStats,
+    /// Authorization codes.
+    pub authorization_codes: KindStats,
+    /// Access tokens.
+    pub access_tokens: KindStats,
+    /// Refresh tokens.
+    pub refresh_tokens: KindStats,
+    /// Personal access tokens.
+    pub personal_access_tokens: KindStats,
+    /// Authorization sessions.
+    pub authorization_sessions: KindStats,
+    /// Consents.
+    pub consents: u64,
+    /// Audit events.
+    pub audit_events: u64,
+    /// Bytes the database occupies, where known.
+    pub database_bytes: Option<u64>,
+}
+
+/// Upkeep: schema, cleanup, statistics.
+#[async_trait]
+pub trait Maintenance: Debug + Send + Sync + 'static {
+    /// Brings the schema to the newest version this build knows; returns the versions
+    /// applied. Refuses (changing nothing) a database whose schema is newer.
+    async fn migrate(&self) -> Result<Vec<i64>>;
+
+    /// Deletes, in bounded batches, rows dead for longer than `options.retention` before
+    /// `now`:
+    /// - authorization codes with `expires_at <= cutoff`;
+    /// - access tokens with `expires_at <= cutoff` or `revoked_at <= cutoff`;
+    /// - refresh tokens with `expires_at <= cutoff`, `idle_expires_at <= cutoff` or
+    ///   `revoked_at <= cutoff` (a rotated token is kept until then: reuse detection needs it);
+    /// - grants revoked at or before `cutoff` (with whatever remains of them), and grants
+    ///   created at or before `cutoff` that have no code, access or refresh token left;
+    /// - PATs with `expires_at <= cutoff` or `revoked_at <= cutoff`;
+    /// - authorization sessions with `expires_at <= cutoff` or `completed_at <= cutoff`.
+    ///
+    /// where `cutoff = now - retention`. Never deletes a row a live token depends on. Safe
+    /// to run concurrently with itself and with traffic.
+    async fn cleanup(&self, options: &CleanupOptions, now: Timestamp) -> Result<CleanupReport>;
+
+    /// Counts per kind as of `now`.
+    async fn stats(&self, now: Timestamp) -> Result<Stats>;
+}
+
+/// Everything a backend provides; what [`Authstore`](crate::Authstore) holds as
+/// `Arc<dyn Backend>`. Implemented for every type that implements the parts.
+pub trait Backend:
+    ClientStore + GrantStore + PatStore + AuthorizationSessionStore + ConsentStore + AuditStore + Maintenance
+{
+    /// The backend's name (`memory`, `sqlite`, …), for logs and errors.
+    fn backend_name(&self) -> &'static str;
+}

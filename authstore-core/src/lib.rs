@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+
+pub mod audit;
+pub mod backend;
+mod error;
+pub mod model;
+pub mod secret;
+mod store;
+mod time;
+pub mod token;
+
+pub use audit::{AuditContext, AuditEvent, AuditKind, AuditQuery};
+pub use backend::Backend;
+pub use error::{Error, Result};
+pub use model::*;
+pub use secret::*;
+pub use store::*;
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use token::{TokenFormat, TokenHash, TokenKey, TokenKeyring, TokenKind};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use zeroize::Zeroizing;
+}

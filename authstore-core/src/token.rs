@@ -1,0 +1,448 @@
+//! Token minting, format checks and keyed hashing.
+//!
+//! A minted token reads `[<deployment>_]<kind>_<body><checksum>`: `body` is the base62 form
+//! of 32 random bytes (always 43 characters) and `checksum` the base62 form of the first four
+//! bytes of BLAKE3 over everything before it (always 6 characters). A string that carries one
+//! of our kind prefixes but fails this format is rejected before any lookup. Only a 32-byte
+//! keyed BLAKE3 hash of a token is ever stored ([`TokenKeyring::hash`]).
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// The longest token string accepted, minted here or elsewhere.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+const BODY_LEN: usize = 43;
+const CHECK_LEN: usize = 6;
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The kinds of credential authstore mints, each with its own prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenKind {
+    /// Authorization code, prefix `ac`.
+    AuthorizationCode,
+    /// Access token, prefix `at`.
+    AccessToken,
+    /// Refresh token, prefix `rt`.
+    RefreshToken,
+    /// Personal access token, prefix `pat`.
+    PersonalAccessToken,
+    /// Authorization session handle, prefix `as`.
+    AuthorizationSession,
+    /// Client secret, prefix `cs`.
+    ClientSecret,
+}
+
+impl TokenKind {
+    /// Every kind.
+    pub const ALL: [TokenKind; 6] = [
+        TokenKind::AuthorizationCode,
+        TokenKind::AccessToken,
+        TokenKind::RefreshToken,
+        TokenKind::PersonalAccessToken,
+        TokenKind::AuthorizationSession,
+        TokenKind::ClientSecret,
+    ];
+
+    /// The prefix minted tokens of this kind carry.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            TokenKind::AuthorizationCode => "ac",
+            TokenKind::AccessToken => "at",
+            TokenKind::RefreshToken => "rt",
+            TokenKind::PersonalAccessToken => "pat",
+            TokenKind::AuthorizationSession => "as",
+            TokenKind::ClientSecret => "cs",
+        }
+    }
+
+    /// A human name, used in errors.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TokenKind::AuthorizationCode => "authorization code",
+            TokenKind::AccessToken => "access token",
+            TokenKind::RefreshToken => "refresh token",
+            TokenKind::PersonalAccessToken => "personal access token",
+            TokenKind::AuthorizationSession => "authorization session",
+            TokenKind::ClientSecret => "client secret",
+        }
+    }
+}
+
+/// How tokens are minted and recognised: the optional deployment prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFormat {
+    deployment: Option<String>,
+}
+
+/// How a presented string relates to the token format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented {
+    /// Carries our prefix for the expected kind and a valid checksum.
+    Minted,
+    /// Carries none of our prefixes: minted elsewhere.
+    Foreign,
+}
+
+impl TokenFormat {
+    /// No deployment prefix: tokens read `at_…`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With a deployment prefix: tokens read `<prefix>_at_…`. The prefix is 1 to 16 lowercase
+    /// ASCII letters or digits, so secret scanners can be taught one pattern per deployment.
+    pub fn with_deployment_prefix(prefix: &str) -> Result<Self> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 16
+            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !ok {
+            return Err(Error::Config {
+                reason: format!(
+                    "deployment prefix {prefix:?} must be 1 to 16 lowercase ASCII letters or digits"
+                ),
+            });
+        }
+        Ok(Self { deployment: Some(prefix.to_owned()) })
+    }
+
+    /// The deployment prefix, if any.
+    pub fn deployment_prefix(&self) -> Option<&str> {
+        self.deployment.as_deref()
+    }
+
+    fn full_prefix(&self, kind: TokenKind) -> String {
+        match &self.deployment {
+            Some(d) => format!("{d}_{}_", kind.prefix()),
+            None => format!("{}_", kind.prefix()),
+        }
+    }
+
+    /// Mints a new token of `kind` from 32 bytes of the operating system's randomness.
+    pub fn mint(&self, kind: TokenKind) -> Result<Zeroizing<String>> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        fill_random(bytes.as_mut())?;
+        let mut out = Zeroizing::new(self.full_prefix(kind));
+        out.push_str(&base62_fixed(bytes.as_ref(), BODY_LEN));
+        let check = checksum(out.as_bytes());
+        out.push_str(&check);
+        Ok(out)
+    }
+
+    /// Checks a presented string before any lookup.
+    ///
+    /// Strings that are empty, longer than [`MAX_TOKEN_LEN`], or contain NUL or control
+    /// characters are malformed. A string that starts with one of our kind prefixes must be
+    /// a well-formed token of `kind` with a valid checksum. Anything else is
+    /// [`Presented::Foreign`].
+    pub fn check(&self, kind: TokenKind, s: &str) -> Result<Presented> {
+        let malformed = |reason| Error::MalformedToken { kind: kind.name(), reason };
+        if s.is_empty() {
+            return Err(malformed("empty"));
+        }
+        if s.len() > MAX_TOKEN_LEN {
+            return Err(malformed("longer than 4096 bytes"));
+        }
+        if s.bytes().any(|b| b.is_ascii_control()) {
+            return Err(malformed("contains NUL or control characters"));
+        }
+        let expected = self.full_prefix(kind);
+        if let Some(rest) = s.strip_prefix(expected.as_str()) {
+            if rest.len() != BODY_LEN + CHECK_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Err(malformed("wrong length or characters after the prefix"));
+            }
+            let (signed, check) = s.split_at(s.len() - CHECK_LEN);
+            if checksum(signed.as_bytes()) != check {
+                return Err(malformed("checksum does not match (mistyped or truncated token)"));
+            }
+            return Ok(Presented::Minted);
+        }
+        if self.looks_like_ours(s) {
+            return Err(malformed("prefix is for another kind of token or deployment"));
+        }
+        Ok(Presented::Foreign)
+    }
+
+    /// Whether `s` has the shape of a token minted by some authstore deployment: our
+    /// deployment prefix, or `[<anything>_]<kind>_<49 alphanumerics>`.
+    fn looks_like_ours(&self, s: &str) -> bool {
+        if let Some(d) = &self.deployment {
+            if s.strip_prefix(d.as_str()).is_some_and(|r| r.starts_with('_')) {
+                return true;
+            }
+        }
+        let tail = BODY_LEN + CHECK_LEN;
+        if s.len() <= tail + 1 || !s.is_char_boundary(s.len() - tail) {
+            return false;
+        }
+        let (head, body) = s.split_at(s.len() - tail);
+        let Some(head) = head.strip_suffix('_') else {
+            return false;
+        };
+        body.bytes().all(|b| b.is_ascii_alphanumeric())
+            && TokenKind::ALL.iter().any(|k| {
+                head == k.prefix()
+                    || head.strip_suffix(k.prefix()).is_some_and(|h| h.ends_with('_'))
+            })
+    }
+}
+
+fn fill_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| Error::Config {
+        reason: format!("the operating system's random number generator failed: {e}"),
+    })
+}
+
+/// Fills `buf` from the operating system's randomness.
+pub(crate) fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>> {
+    let mut b = Zeroizing::new([0u8; N]);
+    fill_random(b.as_mut())?;
+    Ok(b)
+}
+
+fn checksum(signed: &[u8]) -> String {
+    let h = blake3::hash(signed);
+    base62_fixed(&h.as_bytes()[..4], CHECK_LEN)
+}
+
+/// Base62 of a big-endian number, left-padded with `0` to `width` digits.
+fn base62_fixed(bytes: &[u8], width: usize) -> String {
+    let mut num: Vec<u8> = bytes.to_vec();
+    let mut digits = Vec::with_capacity(width);
+    while num.iter().any(|&b| b != 0) {
+        let mut rem: u32 = 0;
+        for b in num.iter_mut() {
+            let acc = (rem << 8) | u32::from(*b);
+            *b = (acc / 62) as u8;
+            rem = acc % 62;
+        }
+        digits.push(ALPHABET[rem as usize]);
+    }
+    num.iter_mut().for_each(|b| *b = 0);
+    while digits.len() < width {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    digits.into_iter().map(char::from).collect()
+}
+
+/// The 32-byte keyed hash under which a token is stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    /// From raw bytes, as read back from storage.
+    pub const fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+
+    /// The raw bytes, for storage.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// From a slice, as read back from storage; fails unless it is 32 bytes.
+    pub fn from_slice(b: &[u8]) -> Result<Self> {
+        <[u8; 32]>::try_from(b)
+            .map(Self)
+            .map_err(|_| Error::invalid("token hash", format!("expected 32 bytes, got {}", b.len())))
+    }
+
+    /// Compares in constant time.
+    pub fn ct_eq(&self, other: &TokenHash) -> bool {
+        blake3::Hash::from_bytes(self.0) == blake3::Hash::from_bytes(other.0)
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A keyed hash is not a secret, but a short prefix is all anyone needs to read.
+        write!(f, "TokenHash({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// A 256-bit token-hashing key, with an identifier. Zeroized on drop; `Debug` shows the id only.
+#[derive(Clone)]
+pub struct TokenKey {
+    id: String,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenKey").field("id", &self.id).field("key", &"[redacted]").finish()
+    }
+}
+
+impl TokenKey {
+    /// A key from 32 bytes. `id` names it in configuration and logs (1 to 64 printable ASCII
+    /// characters).
+    pub fn from_bytes(id: &str, key: [u8; 32]) -> Result<Self> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::Config {
+                reason: format!("token key id {id:?} must be 1 to 64 printable ASCII characters"),
+            });
+        }
+        Ok(Self { id: id.to_owned(), key: Zeroizing::new(key) })
+    }
+
+    /// A key from 64 hex digits (as kept in a key file or environment variable).
+    pub fn from_hex(id: &str, hex: &str) -> Result<Self> {
+        let hex = hex.trim();
+        let bad = || Error::Config {
+            reason: format!("token key {id:?} must be 64 hex digits (32 bytes)"),
+        };
+        if hex.len() != 64 {
+            return Err(bad());
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        for (i, out) in key.iter_mut().enumerate() {
+            *out = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+                .map_err(|_| bad())?;
+        }
+        Self::from_bytes(id, *key)
+    }
+
+    /// A fresh random key.
+    pub fn generate(id: &str) -> Result<Self> {
+        let b = random_bytes::<32>()?;
+        Self::from_bytes(id, *b)
+    }
+
+    /// The key as 64 hex digits, for writing a key file.
+    ///
+    /// # Security
+    ///
+    /// This is key material: write it only to a file with mode 0600 or a secret store.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        let mut s = Zeroizing::new(String::with_capacity(64));
+        for b in self.key.iter() {
+            s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        s
+    }
+
+    /// The key's identifier.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn hash(&self, token: &[u8]) -> TokenHash {
+        TokenHash(*blake3::keyed_hash(&self.key, token).as_bytes())
+    }
+}
+
+/// The deployment's token-hashing keys: the active key hashes new tokens; older keys still
+/// find tokens hashed before a rotation.
+#[derive(Debug, Clone)]
+pub struct TokenKeyring {
+    active: TokenKey,
+    older: Vec<TokenKey>,
+}
+
+impl TokenKeyring {
+    /// A ring with one key.
+    pub fn new(active: TokenKey) -> Self {
+        Self { active, older: Vec::new() }
+    }
+
+    /// A ring with an active key and older keys still accepted for lookup, newest first.
+    pub fn with_older(active: TokenKey, older: Vec<TokenKey>) -> Result<Self> {
+        let mut ids = std::collections::HashSet::new();
+        for k in std::iter::once(&active).chain(&older) {
+            if !ids.insert(k.id.as_str()) {
+                return Err(Error::Config { reason: format!("token key id {:?} appears twice", k.id) });
+            }
+        }
+        Ok(Self { active, older })
+    }
+
+    /// The active key's id.
+    pub fn active_id(&self) -> &str {
+        self.active.id()
+    }
+
+    /// The hash a new token is stored under (active key).
+    pub fn hash(&self, token: &str) -> TokenHash {
+        self.active.hash(token.as_bytes())
+    }
+
+    /// The hashes of `token` under the older keys, newest first; tried after the active one
+    /// misses.
+    pub fn older_hashes<'a>(&'a self, token: &'a str) -> impl Iterator<Item = TokenHash> + 'a {
+        self.older.iter().map(move |k| k.hash(token.as_bytes()))
+    }
+
+    /// Whether the ring holds keys besides the active one.
+    pub fn has_older(&self) -> bool {
+        !self.older.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_check_and_reject_tampering() {
+        let f = TokenFormat::new();
+        let t = f.mint(TokenKind::AccessToken).unwrap();
+        assert!(t.starts_with("at_"));
+        assert_eq!(t.len(), 3 + BODY_LEN + CHECK_LEN);
+        assert_eq!(f.check(TokenKind::AccessToken, &t).unwrap(), Presented::Minted);
+        // Wrong kind.
+        assert!(matches!(f.check(TokenKind::RefreshToken, &t), Err(Error::MalformedToken { .. })));
+        // One character changed: checksum fails.
+        let mut bad = t.to_string();
+        let last = bad.pop().unwrap();
+        bad.push(if last == 'a' { 'b' } else { 'a' });
+        assert!(matches!(f.check(TokenKind::AccessToken, &bad), Err(Error::MalformedToken { .. })));
+        // Truncated.
+        assert!(f.check(TokenKind::AccessToken, &t[..t.len() - 1]).is_err());
+        // Foreign strings pass the format check.
+        assert_eq!(f.check(TokenKind::AccessToken, "eyJhbGciOi.x.y").unwrap(), Presented::Foreign);
+        assert!(f.check(TokenKind::AccessToken, "").is_err());
+        assert!(f.check(TokenKind::AccessToken, "a\0b").is_err());
+        assert!(f.check(TokenKind::AccessToken, &"x".repeat(4097)).is_err());
+    }
+
+    #[test]
+    fn deployment_prefix() {
+        let f = TokenFormat::with_deployment_prefix("acme").unwrap();
+        let t = f.mint(TokenKind::RefreshToken).unwrap();
+        assert!(t.starts_with("acme_rt_"));
+        assert_eq!(f.check(TokenKind::RefreshToken, &t).unwrap(), Presented::Minted);
+        let plain = TokenFormat::new().mint(TokenKind::RefreshToken).unwrap();
+        assert!(f.check(TokenKind::RefreshToken, &plain).is_err());
+        assert!(TokenFormat::with_deployment_prefix("Bad_").is_err());
+    }
+
+    #[test]
+    fn base62_is_fixed_width_and_distinct() {
+        assert_eq!(base62_fixed(&[0; 32], 43), "0".repeat(43));
+        assert_eq!(base62_fixed(&[0xff; 32], 43).len(), 43);
+        assert_eq!(base62_fixed(&[0, 61], 2), "0z");
+        assert_eq!(base62_fixed(&[0, 62], 2), "10");
+    }
+
+    #[test]
+    fn keyring_hashes_with_active_then_older() {
+        let k1 = TokenKey::generate("k1").unwrap();
+        let k2 = TokenKey::generate("k2").unwrap();
+        let old = TokenKeyring::new(k1.clone());
+        let ring = TokenKeyring::with_older(k2, vec![k1]).unwrap();
+        let h_old = old.hash("tok");
+        assert_ne!(ring.hash("tok"), h_old);
+        assert_eq!(ring.older_hashes("tok").next(), Some(h_old));
+        assert!(!format!("{ring:?}").contains(&*ring.active.to_hex()));
+        let hex = ring.active.to_hex();
+        let again = TokenKey::from_hex("k2", &hex).unwrap();
+        assert_eq!(TokenKeyring::new(again).hash("tok"), ring.hash("tok"));
+    }
+}

@@ -1,0 +1,4 @@
+//! The cases.
+use crate::Harness;
+/// placeholder
+pub async fn client_lifecycle(_h: Harness) {}

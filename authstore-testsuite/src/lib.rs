@@ -1,0 +1,77 @@
+//! The conformance suite every authstore backend runs.
+//!
+//! Each case is a plain `pub async fn case(h: Harness)` in [`cases`]; the
+//! [`conformance_tests!`] macro stamps every case into a backend's tests as a
+//! `#[tokio::test]`. A backend only says how to build a fresh, migrated, empty store:
+//!
+//! ```ignore
+//! async fn harness() -> authstore_testsuite::Harness {
+//!     authstore_testsuite::Harness::new(std::sync::Arc::new(MyBackend::new()))
+//! }
+//! authstore_testsuite::conformance_tests!(harness);
+//! ```
+
+use std::any::Any;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use authstore_core::Backend;
+
+pub mod cases;
+
+/// A fresh, migrated, empty backend for one test case.
+pub struct Harness {
+    /// The backend under test.
+    pub backend: Arc<dyn Backend>,
+    /// Files the backend keeps its data in (database, WAL, …): the leak scan reads them.
+    /// Empty for backends without files.
+    pub files: Vec<PathBuf>,
+    /// Kept alive for the test's duration (temporary directories, servers).
+    pub guard: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness").field("backend", &self.backend).field("files", &self.files).finish()
+    }
+}
+
+impl Harness {
+    /// A harness for a backend without files.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self { backend, files: Vec::new(), guard: None }
+    }
+
+    /// A harness whose data lives in `files`, keeping `guard` alive.
+    pub fn with_files(
+        backend: Arc<dyn Backend>,
+        files: Vec<PathBuf>,
+        guard: impl Any + Send + Sync,
+    ) -> Self {
+        Self { backend, files, guard: Some(Box::new(guard)) }
+    }
+}
+
+/// Stamps every conformance case into the calling module as `#[tokio::test]`s. `$factory`
+/// is an `async fn() -> Harness` giving a fresh, migrated, empty backend.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:path) => {
+        $crate::__cases!($factory;
+            client_lifecycle,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cases {
+    ($factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::cases::$case($factory().await).await;
+            }
+        )*
+    };
+}
