@@ -11,6 +11,9 @@
 //! - Every method that takes an [`AuditEvent`] writes that event **in the same transaction**
 //!   as the change it describes, and only if the change happened. `audit.at` is the
 //!   operation's time ("now"). A crash can never leave a change without its event.
+//! - Where the caller cannot know them beforehand (consuming a code, revoking one token by
+//!   hash), the backend fills the event's `grant_id`, `client_id` and `subject` from the
+//!   record when they are `None`, before writing it.
 //! - Expiry is enforced in the read: a record with `expires_at <= now` is expired.
 //! - A record "depends on" its grant and client: an access or refresh token whose grant is
 //!   revoked or whose client is disabled does not validate.

@@ -64,6 +64,13 @@ pub enum Error {
         /// What does not match.
         reason: &'static str,
     },
+    /// The requested scope is invalid, unknown, or exceeds what the client or grant allows
+    /// (RFC 6749 `invalid_scope`).
+    #[error("invalid scope: {reason}")]
+    InvalidScope {
+        /// What is wrong.
+        reason: String,
+    },
     /// Client authentication failed: unknown client, wrong secret or disabled client. The
     /// three are deliberately not told apart.
     #[error("client authentication failed")]
@@ -193,6 +200,7 @@ impl Error {
             Self::UnsupportedUrl { .. } => "AS0014",
             Self::Config { .. } => "AS0015",
             Self::Backend { .. } => "AS0016",
+            Self::InvalidScope { .. } => "AS0017",
         }
     }
 }

@@ -116,7 +116,7 @@ impl Clock for SystemClock {
         let now = std::time::SystemTime::now();
         let micros = now
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| duration_micros(d))
+            .map(duration_micros)
             .unwrap_or(0);
         Timestamp(micros)
     }
