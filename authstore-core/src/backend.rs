@@ -21,6 +21,9 @@
 //! - Strings handed in have been validated by core (no NUL, bounded sizes); a backend must
 //!   still never panic on what it reads back, and returns [`Error::Backend`] for rows it
 //!   cannot decode.
+//! - Inserting a record whose hash (or id) already exists fails with
+//!   [`Error::Conflict`](crate::Error::Conflict) and writes nothing: never a silent
+//!   overwrite.
 //! - Deleting a client deletes everything that belongs to it (grants, codes, tokens,
 //!   consents, authorization sessions); audit events stay.
 
@@ -375,7 +378,8 @@ impl CleanupReport {
     }
 }
 
-/// Counts of one kind of record.
+/// Counts of one kind of record. Each record is counted once, in the first class that
+/// applies: revoked (itself or through its grant), else used, else expired, else active.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KindStats {
     /// Usable now.
@@ -433,8 +437,11 @@ pub trait Maintenance: Debug + Send + Sync + 'static {
     /// - PATs with `expires_at <= cutoff` or `revoked_at <= cutoff`;
     /// - authorization sessions with `expires_at <= cutoff` or `completed_at <= cutoff`.
     ///
-    /// where `cutoff = now - retention`. Never deletes a row a live token depends on. Safe
-    /// to run concurrently with itself and with traffic.
+    /// where `cutoff = now - retention`, in this order: codes, access tokens, refresh
+    /// tokens, PATs, authorization sessions, then grants. Each count is of rows deleted by
+    /// that kind's own rule (rows that go by cascade with a grant are not counted). Never
+    /// deletes a row a live token depends on. Safe to run concurrently with itself and with
+    /// traffic.
     async fn cleanup(&self, options: &CleanupOptions, now: Timestamp) -> Result<CleanupReport>;
 
     /// Counts per kind as of `now`.

@@ -424,21 +424,6 @@ impl Authstore {
         }
     }
 
-    /// Finds the first candidate hash for which `find` returns a record.
-    async fn find<T>(
-        &self,
-        kind: TokenKind,
-        presented: &str,
-        find: impl AsyncFn(TokenHash) -> Result<Option<T>>,
-    ) -> Result<Option<(TokenHash, T)>> {
-        for h in self.candidates(kind, presented)? {
-            if let Some(t) = find(h).await? {
-                return Ok(Some((h, t)));
-            }
-        }
-        Ok(None)
-    }
-
     // ----- clients -------------------------------------------------------------------
 
     /// Registers a client. A confidential client gets a 256-bit secret, returned here once;
@@ -834,11 +819,12 @@ impl Authstore {
     /// [`Error::Inactive`] for unknown, expired or revoked ones.
     pub async fn validate_access_token(&self, token: &str) -> Result<AccessToken> {
         let now = self.now();
-        let backend = &self.backend;
-        match self.find(TokenKind::AccessToken, token, async |h| backend.find_access_token(&h, now).await).await? {
-            Some((_, t)) => Ok(t),
-            None => Err(Error::Inactive { kind: TokenKind::AccessToken.name() }),
+        for h in self.candidates(TokenKind::AccessToken, token)? {
+            if let Some(t) = self.backend.find_access_token(&h, now).await? {
+                return Ok(t);
+            }
         }
+        Err(Error::Inactive { kind: TokenKind::AccessToken.name() })
     }
 
     /// Introspects a refresh token (RFC 7662): the record if it is usable now (unexpired,
@@ -846,12 +832,19 @@ impl Authstore {
     /// Never writes.
     pub async fn introspect_refresh_token(&self, token: &str) -> Result<RefreshToken> {
         let now = self.now();
-        let backend = &self.backend;
-        let found = self.find(TokenKind::RefreshToken, token, async |h| backend.find_refresh_token(&h).await).await?;
-        match found {
+        match self.find_refresh(token).await? {
             Some((_, s)) if refresh_usable(&s, now) && s.token.rotated_at.is_none() => Ok(s.token),
             _ => Err(Error::Inactive { kind: TokenKind::RefreshToken.name() }),
         }
+    }
+
+    async fn find_refresh(&self, token: &str) -> Result<Option<(TokenHash, RefreshTokenState)>> {
+        for h in self.candidates(TokenKind::RefreshToken, token)? {
+            if let Some(s) = self.backend.find_refresh_token(&h).await? {
+                return Ok(Some((h, s)));
+            }
+        }
+        Ok(None)
     }
 
     // ----- refresh --------------------------------------------------------------------
@@ -866,10 +859,7 @@ impl Authstore {
     /// access token's scope.
     pub async fn refresh(&self, r: RefreshRequest<'_>) -> Result<IssuedTokens> {
         r.options.validate()?;
-        let backend = &self.backend;
-        let Some((hash, mut state)) =
-            self.find(TokenKind::RefreshToken, r.refresh_token, async |h| backend.find_refresh_token(&h).await).await?
-        else {
+        let Some((hash, mut state)) = self.find_refresh(r.refresh_token).await? else {
             return Err(Error::Inactive { kind: TokenKind::RefreshToken.name() });
         };
         if state.token.client_id != r.client_id {
@@ -1177,12 +1167,14 @@ impl Authstore {
     /// the hot path.
     pub async fn validate_pat(&self, token: &str) -> Result<PersonalAccessToken> {
         let now = self.now();
-        let backend = &self.backend;
-        let Some((_, pat)) =
-            self.find(TokenKind::PersonalAccessToken, token, async |h| backend.find_pat(&h, now).await).await?
-        else {
-            return Err(Error::Inactive { kind: TokenKind::PersonalAccessToken.name() });
-        };
+        let mut found = None;
+        for h in self.candidates(TokenKind::PersonalAccessToken, token)? {
+            if let Some(p) = self.backend.find_pat(&h, now).await? {
+                found = Some(p);
+                break;
+            }
+        }
+        let pat = found.ok_or(Error::Inactive { kind: TokenKind::PersonalAccessToken.name() })?;
         // A poisoned buffer only means another thread panicked mid-insert; the map is still
         // a valid map of timestamps.
         let mut buf = self.pat_usage.lock().unwrap_or_else(|p| p.into_inner());
@@ -1281,13 +1273,12 @@ impl Authstore {
     /// The pending (unexpired, uncompleted) session, else [`Error::Inactive`].
     pub async fn authorization_session(&self, handle: &str) -> Result<AuthorizationSession> {
         let now = self.now();
-        let backend = &self.backend;
-        self.find(TokenKind::AuthorizationSession, handle, async |h| {
-            backend.find_authorization_session(&h, now).await
-        })
-        .await?
-        .map(|(_, s)| s)
-        .ok_or(Error::Inactive { kind: TokenKind::AuthorizationSession.name() })
+        for h in self.candidates(TokenKind::AuthorizationSession, handle)? {
+            if let Some(s) = self.backend.find_authorization_session(&h, now).await? {
+                return Ok(s);
+            }
+        }
+        Err(Error::Inactive { kind: TokenKind::AuthorizationSession.name() })
     }
 
     /// Records who logged in for a pending session. A session's subject cannot change once
@@ -1468,5 +1459,26 @@ fn token_type(cnf: &Option<SenderConstraint>) -> &'static str {
     match cnf {
         Some(SenderConstraint::DpopJkt(_)) => "DPoP",
         _ => "Bearer",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compile-time proof that the façade's futures are `Send`, so they run under
+    /// `tokio::spawn` and in axum handlers.
+    #[allow(dead_code)] // never called: it only has to compile
+    fn futures_are_send(s: &Authstore, o: &TokenOptions, c: ClientId) {
+        fn send<T: Send>(_: T) {}
+        send(s.validate_access_token(""));
+        send(s.validate_pat(""));
+        send(s.introspect_refresh_token(""));
+        send(s.refresh(RefreshRequest { refresh_token: "", client_id: c, scope: None, options: o }));
+        send(s.redeem_code(CodeRedemption { code: "", client_id: c, redirect_uri: None, code_verifier: None, options: o }));
+        send(s.revoke_token("", None, None));
+        send(s.issue_client_credentials(c, None, o));
+        send(s.authorization_session(""));
+        send(s.cleanup(&CleanupOptions::default()));
     }
 }

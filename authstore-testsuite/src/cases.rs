@@ -1,4 +1,1380 @@
-//! The cases.
+//! The conformance cases. Each takes a fresh [`Harness`] and panics on a violation.
+//!
+//! Time is a [`ManualClock`]: no case sleeps.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use authstore_core::backend::{CleanupOptions, CodeConsumption, RevokeOutcome, RotationMode};
+use authstore_core::{
+    AuditKind, AuditQuery, Authstore, Client, ClientSecret, ClientUpdate, CodeRedemption,
+    CodeRequest, Config, Error, ForeignTokens, GrantType, IssuedTokens, ManualClock,
+    NewAuthorizationSession, NewClient, NewPat, PkceChallenge, RedirectUri, RefreshRequest,
+    Scopes, Subject, Timestamp, TokenKey, TokenKeyring, TokenOptions, TokenTypeHint,
+};
+
 use crate::Harness;
-/// placeholder
-pub async fn client_lifecycle(_h: Harness) {}
+
+/// 2026-01-01T00:00:00Z: every case starts here.
+pub const START: Timestamp = Timestamp::from_unix_micros(1_767_225_600_000_000);
+/// The redirect URI of the test web client.
+pub const REDIRECT: &str = "https://app.example/cb";
+/// RFC 7636 appendix B verifier.
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+const SECOND: Duration = Duration::from_secs(1);
+const MICRO: Duration = Duration::from_micros(1);
+
+fn key(id: &str, byte: u8) -> TokenKey {
+    TokenKey::from_bytes(id, [byte; 32]).expect("valid key")
+}
+
+/// A store on the harness's backend with the test key and a manual clock at [`START`].
+pub fn store(h: &Harness) -> (Authstore, ManualClock) {
+    store_with(h, Config::default())
+}
+
+/// Like [`store`] with a configuration.
+pub fn store_with(h: &Harness, config: Config) -> (Authstore, ManualClock) {
+    let clock = ManualClock::new(START);
+    let s = Authstore::new(h.backend.clone(), TokenKeyring::new(key("k1", 7)))
+        .with_clock(Arc::new(clock.clone()))
+        .with_config(config)
+        .expect("valid config");
+    (s, clock)
+}
+
+fn scopes(s: &str) -> Scopes {
+    Scopes::parse(s).expect("valid scopes")
+}
+
+fn sub(s: &str) -> Subject {
+    Subject::new(s).expect("valid subject")
+}
+
+/// A confidential client_credentials client.
+pub async fn service_client(s: &Authstore, allowed: &str) -> (Client, ClientSecret) {
+    let c = s
+        .create_client(NewClient::confidential("service").scopes(scopes(allowed)))
+        .await
+        .expect("create client");
+    (c.client, c.secret.expect("confidential clients get a secret"))
+}
+
+/// A confidential web client with authorization_code + refresh_token.
+pub async fn web_client(s: &Authstore, allowed: &str) -> (Client, ClientSecret) {
+    let new = NewClient::confidential("web")
+        .redirect_uri(RedirectUri::new(REDIRECT).expect("valid uri"))
+        .scopes(scopes(allowed));
+    let c = s.create_client(new).await.expect("create client");
+    (c.client, c.secret.expect("secret"))
+}
+
+fn code_request(client: &Client, subject: &str, scope: &str) -> CodeRequest {
+    CodeRequest {
+        client_id: client.id,
+        subject: sub(subject),
+        redirect_uri: REDIRECT.to_owned(),
+        scope: scopes(scope),
+        code_challenge: Some(PkceChallenge::from_verifier(VERIFIER).expect("valid verifier")),
+        nonce: Some("n-0S6_WzA2Mj".to_owned()),
+        auth: Default::default(),
+    }
+}
+
+fn redemption<'a>(code: &'a str, client: &Client, opts: &'a TokenOptions) -> CodeRedemption<'a> {
+    CodeRedemption {
+        code,
+        client_id: client.id,
+        redirect_uri: Some(REDIRECT),
+        code_verifier: Some(VERIFIER),
+        options: opts,
+    }
+}
+
+/// Runs the authorization-code flow (with PKCE) to tokens.
+pub async fn code_flow(s: &Authstore, client: &Client, subject: &str, scope: &str) -> IssuedTokens {
+    let code = s.issue_code(code_request(client, subject, scope)).await.expect("issue code");
+    let opts = TokenOptions::default();
+    s.redeem_code(redemption(code.code.secret(), client, &opts)).await.expect("redeem code")
+}
+
+fn refresh_req<'a>(token: &'a str, client: &Client, opts: &'a TokenOptions) -> RefreshRequest<'a> {
+    RefreshRequest { refresh_token: token, client_id: client.id, scope: None, options: opts }
+}
+
+fn rt(t: &IssuedTokens) -> &str {
+    t.refresh_token.as_ref().expect("a refresh token").secret()
+}
+
+async fn assert_inactive(s: &Authstore, access: &str) {
+    match s.validate_access_token(access).await {
+        Err(Error::Inactive { .. }) => {}
+        other => panic!("expected the access token to be inactive, got {other:?}"),
+    }
+}
+
+async fn audit_kinds(s: &Authstore) -> Vec<AuditKind> {
+    s.audit_events(&AuditQuery { limit: Some(1000), ..Default::default() })
+        .await
+        .expect("audit query")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+// ----- clients -----------------------------------------------------------------------
+
+/// Create, get, update, list, verify, rotate, disable, enable, delete; each audited.
+pub async fn client_lifecycle(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, secret) = service_client(&s, "read write").await;
+    assert!(secret.secret().starts_with("cs_"));
+    assert_eq!(s.client(c.id).await.unwrap(), c);
+    assert_eq!(c.grant_types.iter().copied().collect::<Vec<_>>(), vec![GrantType::ClientCredentials]);
+
+    // Verify: right secret, wrong secret, malformed, unknown client.
+    assert_eq!(s.verify_client_secret(c.id, secret.secret()).await.unwrap().id, c.id);
+    let (_, other_secret) = service_client(&s, "read").await;
+    assert!(matches!(s.verify_client_secret(c.id, other_secret.secret()).await, Err(Error::InvalidClient)));
+    assert!(matches!(s.verify_client_secret(c.id, "nope").await, Err(Error::InvalidClient)));
+    assert!(matches!(s.verify_client_secret(c.id, "").await, Err(Error::InvalidClient)));
+    let unknown = authstore_core::ClientId::new_at(START);
+    assert!(matches!(s.verify_client_secret(unknown, secret.secret()).await, Err(Error::InvalidClient)));
+
+    // Update.
+    clock.advance(SECOND);
+    let up = s
+        .update_client(c.id, ClientUpdate { name: Some("renamed".into()), scopes: Some(scopes("read")), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(up.name, "renamed");
+    assert_eq!(up.updated_at, START.saturating_add(SECOND));
+    assert_eq!(s.client(c.id).await.unwrap(), up);
+
+    // Rotate: old secret stops working at once.
+    let new_secret = s.rotate_client_secret(c.id).await.unwrap();
+    assert!(matches!(s.verify_client_secret(c.id, secret.secret()).await, Err(Error::InvalidClient)));
+    s.verify_client_secret(c.id, new_secret.secret()).await.unwrap();
+
+    // Disable / enable.
+    s.disable_client(c.id).await.unwrap();
+    assert!(matches!(s.verify_client_secret(c.id, new_secret.secret()).await, Err(Error::InvalidClient)));
+    s.enable_client(c.id).await.unwrap();
+    s.verify_client_secret(c.id, new_secret.secret()).await.unwrap();
+
+    // List with pagination, ordered by id.
+    for i in 0..5 {
+        s.create_client(NewClient::confidential(format!("c{i}"))).await.unwrap();
+    }
+    let all = s.list_clients(None, 1000).await.unwrap();
+    assert_eq!(all.len(), 7);
+    let mut ids: Vec<_> = all.iter().map(|c| c.id).collect();
+    let sorted = {
+        let mut v = ids.clone();
+        v.sort();
+        v
+    };
+    assert_eq!(ids, sorted, "clients are listed in id order");
+    let page1 = s.list_clients(None, 3).await.unwrap();
+    let page2 = s.list_clients(Some(page1[2].id), 3).await.unwrap();
+    let page3 = s.list_clients(Some(page2[2].id), 3).await.unwrap();
+    assert_eq!((page1.len(), page2.len(), page3.len()), (3, 3, 1));
+    let paged: Vec<_> = page1.iter().chain(&page2).chain(&page3).map(|c| c.id).collect();
+    ids.truncate(7);
+    assert_eq!(paged, ids);
+    assert!(matches!(s.list_clients(None, 0).await, Err(Error::InvalidInput { .. })));
+
+    // Delete.
+    s.delete_client(c.id).await.unwrap();
+    assert!(matches!(s.client(c.id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.delete_client(c.id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.verify_client_secret(c.id, new_secret.secret()).await, Err(Error::InvalidClient)));
+
+    let kinds = audit_kinds(&s).await;
+    for k in [
+        AuditKind::ClientCreated,
+        AuditKind::ClientUpdated,
+        AuditKind::ClientSecretRotated,
+        AuditKind::ClientDisabled,
+        AuditKind::ClientEnabled,
+        AuditKind::ClientDeleted,
+    ] {
+        assert!(kinds.contains(&k), "missing audit event {k}");
+    }
+}
+
+/// Invalid clients are refused with a clear error and nothing is written.
+pub async fn client_validation(h: Harness) {
+    let (s, _) = store(&h);
+    let uri = RedirectUri::new(REDIRECT).unwrap();
+    let bad = [
+        NewClient::public("p", uri.clone()).grant_type(GrantType::ClientCredentials),
+        NewClient::confidential("c").grant_type(GrantType::AuthorizationCode),
+        NewClient::confidential(""),
+        NewClient::confidential("nul\0name"),
+        NewClient { metadata: serde_json::json!([1, 2]), ..NewClient::confidential("m") },
+        NewClient {
+            token_endpoint_auth_method: Some(authstore_core::TokenEndpointAuthMethod::None),
+            ..NewClient::confidential("x")
+        },
+    ];
+    for new in bad {
+        let e = s.create_client(new).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+        assert!(!e.to_string().is_empty());
+    }
+    assert!(s.list_clients(None, 100).await.unwrap().is_empty());
+    assert!(audit_kinds(&s).await.is_empty(), "a refused request writes no audit event");
+
+    // A public client has no secret and cannot get one.
+    let p = s.create_client(NewClient::public("spa", uri)).await.unwrap();
+    assert!(p.secret.is_none());
+    assert!(matches!(s.rotate_client_secret(p.client.id).await, Err(Error::UnauthorizedClient { .. })));
+    assert!(matches!(s.verify_client_secret(p.client.id, "cs_x").await, Err(Error::InvalidClient)));
+    // An update that breaks the rules is refused and changes nothing.
+    let before = s.client(p.client.id).await.unwrap();
+    let e = s
+        .update_client(
+            p.client.id,
+            ClientUpdate {
+                grant_types: Some([GrantType::ClientCredentials].into_iter().collect()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }));
+    assert_eq!(s.client(p.client.id).await.unwrap(), before);
+}
+
+// ----- client credentials and validation ---------------------------------------------
+
+/// client_credentials: access token only, scope defaults and narrowing, validation.
+pub async fn client_credentials(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = service_client(&s, "read write").await;
+    let opts = TokenOptions::default();
+    let t = s.issue_client_credentials(c.id, None, &opts).await.unwrap();
+    assert!(t.refresh_token.is_none(), "no refresh token for client_credentials");
+    assert_eq!(t.token_type, "Bearer");
+    assert_eq!(t.expires_in, Duration::from_secs(3600));
+    assert!(t.access_token.secret().starts_with("at_"));
+    let v = s.validate_access_token(t.access_token.secret()).await.unwrap();
+    assert_eq!(v.client_id, c.id);
+    assert_eq!(v.subject, None);
+    assert_eq!(v.scope, scopes("read write"));
+    assert_eq!(v.grant_id, t.grant_id);
+
+    let narrow = scopes("read");
+    let t2 = s.issue_client_credentials(c.id, Some(&narrow), &opts).await.unwrap();
+    assert_eq!(s.validate_access_token(t2.access_token.secret()).await.unwrap().scope, narrow);
+    assert_ne!(t.grant_id, t2.grant_id);
+
+    let too_wide = scopes("read admin");
+    assert!(matches!(s.issue_client_credentials(c.id, Some(&too_wide), &opts).await, Err(Error::InvalidScope { .. })));
+
+    // A web client may not use client_credentials.
+    let (w, _) = web_client(&s, "read").await;
+    assert!(matches!(s.issue_client_credentials(w.id, None, &opts).await, Err(Error::UnauthorizedClient { .. })));
+
+    // Token options are stored and returned.
+    let opts = TokenOptions {
+        audience: vec!["https://api.example".into()],
+        cnf: Some(authstore_core::SenderConstraint::DpopJkt("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into())),
+        claims: serde_json::json!({"tenant": "acme"}),
+    };
+    let t3 = s.issue_client_credentials(c.id, None, &opts).await.unwrap();
+    assert_eq!(t3.token_type, "DPoP");
+    let v3 = s.validate_access_token(t3.access_token.secret()).await.unwrap();
+    assert_eq!(v3.audience, opts.audience);
+    assert_eq!(v3.cnf, opts.cnf);
+    assert_eq!(v3.claims, opts.claims);
+}
+
+/// Access tokens expire exactly at `expires_at`.
+pub async fn access_token_expiry_boundary(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = service_client(&s, "read").await;
+    let t = s.issue_client_credentials(c.id, None, &TokenOptions::default()).await.unwrap();
+    clock.set(t.expires_at.saturating_sub(MICRO));
+    s.validate_access_token(t.access_token.secret()).await.unwrap();
+    clock.set(t.expires_at);
+    assert_inactive(&s, t.access_token.secret()).await;
+}
+
+/// A disabled client's tokens stop validating at once, and come back when enabled.
+pub async fn disabled_client_tokens_inactive(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let t = code_flow(&s, &c, "alice", "read").await;
+    s.disable_client(c.id).await.unwrap();
+    assert_inactive(&s, t.access_token.secret()).await;
+    let opts = TokenOptions::default();
+    assert!(s.refresh(refresh_req(rt(&t), &c, &opts)).await.is_err());
+    s.enable_client(c.id).await.unwrap();
+    s.validate_access_token(t.access_token.secret()).await.unwrap();
+}
+
+// ----- authorization codes -----------------------------------------------------------
+
+/// The authorization code flow with PKCE: code, tokens, validation, introspection.
+pub async fn authorization_code_flow(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "openid profile email").await;
+    let code = s.issue_code(code_request(&c, "alice", "openid profile")).await.unwrap();
+    assert!(code.code.secret().starts_with("ac_"));
+    let opts = TokenOptions::default();
+    let t = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap();
+    assert_eq!(t.grant_id, code.grant_id);
+    assert_eq!(t.scope, scopes("openid profile"));
+    let v = s.validate_access_token(t.access_token.secret()).await.unwrap();
+    assert_eq!(v.subject, Some(sub("alice")));
+    assert_eq!(v.client_id, c.id);
+    let r = s.introspect_refresh_token(rt(&t)).await.unwrap();
+    assert_eq!(r.grant_id, code.grant_id);
+    assert_eq!(r.scope, scopes("openid profile"));
+    let g = s.grant(code.grant_id).await.unwrap();
+    assert_eq!(g.subject, Some(sub("alice")));
+    assert!(g.revoked_at.is_none());
+
+    // The request is checked before a code exists.
+    let mut bad = code_request(&c, "alice", "openid");
+    bad.redirect_uri = "https://app.example/cb/".into();
+    assert!(matches!(s.issue_code(bad).await, Err(Error::InvalidInput { field: "redirect_uri", .. })));
+    assert!(matches!(s.issue_code(code_request(&c, "alice", "admin")).await, Err(Error::InvalidScope { .. })));
+    let pub_client = s
+        .create_client(NewClient::public("spa", RedirectUri::new(REDIRECT).unwrap()).scopes(scopes("openid")))
+        .await
+        .unwrap()
+        .client;
+    let mut no_pkce = code_request(&pub_client, "alice", "openid");
+    no_pkce.code_challenge = None;
+    assert!(matches!(s.issue_code(no_pkce).await, Err(Error::InvalidInput { field: "code_challenge", .. })));
+    // A public client with PKCE works.
+    let pc = s.issue_code(code_request(&pub_client, "bob", "openid")).await.unwrap();
+    s.redeem_code(redemption(pc.code.secret(), &pub_client, &opts)).await.unwrap();
+}
+
+/// Wrong client, redirect URI or verifier burn the code and revoke its grant.
+pub async fn code_binding_checks(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let (other, _) = web_client(&s, "read").await;
+    let opts = TokenOptions::default();
+    for case in 0..4 {
+        let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+        let good = redemption(code.code.secret(), &c, &opts);
+        let bad = match case {
+            0 => CodeRedemption { client_id: other.id, ..good },
+            1 => CodeRedemption { redirect_uri: Some("https://app.example/other"), ..good },
+            2 => CodeRedemption { code_verifier: Some("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"), ..good },
+            _ => CodeRedemption { code_verifier: None, ..good },
+        };
+        let e = s.redeem_code(bad).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidGrant { .. }), "{e:?}");
+        assert!(s.grant(code.grant_id).await.unwrap().revoked_at.is_some(), "grant revoked after {e}");
+        // The code is burnt: a correct retry is a replay.
+        assert!(matches!(s.redeem_code(good).await, Err(Error::CodeReplay { .. })));
+    }
+    // PKCE downgrade: verifier sent for a code issued without a challenge.
+    let mut req = code_request(&c, "alice", "read");
+    req.code_challenge = None;
+    let code = s.issue_code(req.clone()).await.unwrap();
+    assert!(matches!(s.redeem_code(redemption(code.code.secret(), &c, &opts)).await, Err(Error::InvalidGrant { .. })));
+    // Without PKCE the redirect URI is required.
+    let code = s.issue_code(req.clone()).await.unwrap();
+    let r = CodeRedemption { redirect_uri: None, code_verifier: None, ..redemption(code.code.secret(), &c, &opts) };
+    assert!(matches!(s.redeem_code(r).await, Err(Error::InvalidGrant { .. })));
+    // And with it, it works.
+    let code = s.issue_code(req).await.unwrap();
+    let r = CodeRedemption { code_verifier: None, ..redemption(code.code.secret(), &c, &opts) };
+    s.redeem_code(r).await.unwrap();
+}
+
+/// A second redemption fails and revokes everything issued from the first.
+pub async fn code_replay_revokes_grant(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let opts = TokenOptions::default();
+    let t = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap();
+    s.validate_access_token(t.access_token.secret()).await.unwrap();
+    let e = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap_err();
+    assert!(matches!(e, Error::CodeReplay { grant_id } if grant_id == code.grant_id), "{e:?}");
+    assert_inactive(&s, t.access_token.secret()).await;
+    assert!(s.introspect_refresh_token(rt(&t)).await.is_err());
+    assert!(s.refresh(refresh_req(rt(&t), &c, &opts)).await.is_err());
+    assert!(audit_kinds(&s).await.contains(&AuditKind::CodeReplayDetected));
+}
+
+/// 64 tasks race to consume one code: exactly one wins (backend CAS and façade); a later
+/// replay revokes the grant.
+pub async fn code_race_exactly_one_wins(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+
+    // The backend's compare-and-set.
+    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let hash = TokenKeyring::new(key("k1", 7)).hash(code.code.secret());
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let b = h.backend.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let ev = authstore_core::AuditEvent::new(AuditKind::CodeRedeemed, START, &Default::default());
+            b.consume_code(&hash, ev).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            CodeConsumption::Consumed(code) => {
+                won += 1;
+                assert_eq!(code.consumed_at, Some(START));
+            }
+            CodeConsumption::AlreadyConsumed { grant_id } => assert_eq!(grant_id, code.grant_id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one consumer wins");
+
+    // Through the façade.
+    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let secret: Arc<str> = code.code.secret().into();
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let s = s.clone();
+        let secret = secret.clone();
+        let barrier = barrier.clone();
+        let cid = c.id;
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let opts = TokenOptions::default();
+            let r = CodeRedemption {
+                code: &secret,
+                client_id: cid,
+                redirect_uri: Some(REDIRECT),
+                code_verifier: Some(VERIFIER),
+                options: &opts,
+            };
+            s.redeem_code(r).await
+        }));
+    }
+    let mut replays = 0;
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(Error::CodeReplay { grant_id }) => {
+                assert_eq!(grant_id, code.grant_id);
+                replays += 1;
+            }
+            // The one consumer either got tokens, or found its grant already revoked by a
+            // replaying racer before it could store them.
+            other => winners.push(other),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one redeemer consumed the code: {winners:?}");
+    assert_eq!(replays, 63);
+    assert!(s.grant(code.grant_id).await.unwrap().revoked_at.is_some(), "racing replays revoked the grant");
+    if let Some(Ok(t)) = winners.pop() {
+        assert_inactive(&s, t.access_token.secret()).await;
+    }
+    let opts = TokenOptions::default();
+    assert!(matches!(s.redeem_code(redemption(&secret, &c, &opts)).await, Err(Error::CodeReplay { .. })));
+}
+
+/// Codes expire exactly at `expires_at` (60 s by default).
+pub async fn code_expiry_boundary(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let opts = TokenOptions::default();
+    let a = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let b = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    assert_eq!(a.expires_at, START.saturating_add(Duration::from_secs(60)));
+    clock.set(a.expires_at.saturating_sub(MICRO));
+    s.redeem_code(redemption(a.code.secret(), &c, &opts)).await.unwrap();
+    clock.set(b.expires_at);
+    assert!(matches!(s.redeem_code(redemption(b.code.secret(), &c, &opts)).await, Err(Error::Inactive { .. })));
+}
+
+// ----- refresh -----------------------------------------------------------------------
+
+/// Rotation issues a new pair and links the old token; reuse after it revokes the family.
+pub async fn refresh_rotation_and_reuse(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "read write").await;
+    let t0 = code_flow(&s, &c, "alice", "read write").await;
+    let opts = TokenOptions::default();
+    clock.advance(SECOND);
+    let t1 = s.refresh(refresh_req(rt(&t0), &c, &opts)).await.unwrap();
+    assert!(!t1.within_grace);
+    assert_eq!(t1.grant_id, t0.grant_id);
+    assert_ne!(rt(&t1), rt(&t0));
+    s.validate_access_token(t1.access_token.secret()).await.unwrap();
+    // The rotated token is no longer introspectable as active; the successor is.
+    assert!(s.introspect_refresh_token(rt(&t0)).await.is_err());
+    let r1 = s.introspect_refresh_token(rt(&t1)).await.unwrap();
+    assert_eq!(r1.issued_at, START.saturating_add(SECOND));
+    let state = h
+        .backend
+        .find_refresh_token(&TokenKeyring::new(key("k1", 7)).hash(rt(&t0)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.token.rotated_at, Some(START.saturating_add(SECOND)));
+    assert_eq!(state.token.successor, Some(TokenKeyring::new(key("k1", 7)).hash(rt(&t1))));
+
+    // Reuse (grace 0): the family dies.
+    clock.advance(SECOND);
+    let e = s.refresh(refresh_req(rt(&t0), &c, &opts)).await.unwrap_err();
+    assert!(matches!(e, Error::RefreshReuse { grant_id } if grant_id == t0.grant_id), "{e:?}");
+    assert_inactive(&s, t1.access_token.secret()).await;
+    assert_inactive(&s, t0.access_token.secret()).await;
+    assert!(s.refresh(refresh_req(rt(&t1), &c, &opts)).await.is_err());
+    assert!(audit_kinds(&s).await.contains(&AuditKind::RefreshReuseDetected));
+}
+
+/// 64 tasks race to rotate one refresh token with grace 0: exactly one wins; reuse
+/// afterwards revokes the family.
+pub async fn refresh_race_grace_zero(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+
+    // Backend compare-and-set.
+    let t = code_flow(&s, &c, "alice", "read").await;
+    let ring = TokenKeyring::new(key("k1", 7));
+    let presented = ring.hash(rt(&t));
+    let state = h.backend.find_refresh_token(&presented).await.unwrap().unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let b = h.backend.clone();
+        let barrier = barrier.clone();
+        let mut refresh = state.token.clone();
+        refresh.issued_at = START;
+        let access = s.validate_access_token(t.access_token.secret()).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let rot = authstore_core::backend::Rotation {
+                presented,
+                mode: RotationMode::First,
+                refresh: (authstore_core::TokenHash::from_bytes([i; 32]), refresh),
+                access: (authstore_core::TokenHash::from_bytes([i.wrapping_add(100); 32]), access),
+            };
+            barrier.wait().await;
+            let ev = authstore_core::AuditEvent::new(AuditKind::RefreshRotated, START, &Default::default());
+            b.rotate_refresh_token(&rot, ev).await.unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1, "exactly one rotation wins the compare-and-set");
+
+    // Through the façade.
+    let t = code_flow(&s, &c, "bob", "read").await;
+    let token: Arc<str> = rt(&t).into();
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let s = s.clone();
+        let token = token.clone();
+        let barrier = barrier.clone();
+        let cid = c.id;
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let opts = TokenOptions::default();
+            s.refresh(RefreshRequest { refresh_token: &token, client_id: cid, scope: None, options: &opts }).await
+        }));
+    }
+    let mut ok = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(t) => ok.push(t),
+            Err(Error::RefreshReuse { grant_id }) => assert_eq!(grant_id, t.grant_id),
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert_eq!(ok.len(), 1, "exactly one refresh wins");
+    // Concurrent losers were reuse: the family is revoked, the winner's tokens included.
+    assert!(s.grant(t.grant_id).await.unwrap().revoked_at.is_some());
+    assert_inactive(&s, ok[0].access_token.secret()).await;
+    let opts = TokenOptions::default();
+    assert!(s.refresh(refresh_req(&token, &c, &opts)).await.is_err());
+}
+
+/// Within the grace period a concurrent refresh gets a valid answer; after it, reuse
+/// revokes the family.
+pub async fn refresh_grace_period(h: Harness) {
+    let cfg = Config { refresh_grace: Duration::from_secs(10), ..Config::default() };
+    let (s, clock) = store_with(&h, cfg);
+    let (c, _) = web_client(&s, "read").await;
+    let opts = TokenOptions::default();
+    let t0 = code_flow(&s, &c, "alice", "read").await;
+    let t1 = s.refresh(refresh_req(rt(&t0), &c, &opts)).await.unwrap();
+    clock.advance(Duration::from_secs(10));
+    // Exactly at the end of the grace period: still a valid answer.
+    let t2 = s.refresh(refresh_req(rt(&t0), &c, &opts)).await.unwrap();
+    assert!(t2.within_grace);
+    s.validate_access_token(t1.access_token.secret()).await.unwrap();
+    s.validate_access_token(t2.access_token.secret()).await.unwrap();
+    s.introspect_refresh_token(rt(&t2)).await.unwrap();
+    let ring = TokenKeyring::new(key("k1", 7));
+    let st = h.backend.find_refresh_token(&ring.hash(rt(&t0))).await.unwrap().unwrap();
+    assert_eq!(st.token.reuse_count, 1);
+    assert_eq!(st.token.successor, Some(ring.hash(rt(&t1))), "the first successor stays linked");
+    assert!(audit_kinds(&s).await.contains(&AuditKind::RefreshGraceReuse));
+
+    // 64 racers within the grace period all get valid answers.
+    let t3 = code_flow(&s, &c, "bob", "read").await;
+    let token: Arc<str> = rt(&t3).into();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let s = s.clone();
+        let token = token.clone();
+        let cid = c.id;
+        tasks.push(tokio::spawn(async move {
+            let opts = TokenOptions::default();
+            s.refresh(RefreshRequest { refresh_token: &token, client_id: cid, scope: None, options: &opts }).await
+        }));
+    }
+    let mut graced = 0;
+    for task in tasks {
+        let t = task.await.unwrap().expect("every racer within grace gets tokens");
+        graced += usize::from(t.within_grace);
+    }
+    assert_eq!(graced, 63, "one rotation, 63 grace answers");
+
+    // Past the grace period: reuse, family revoked.
+    clock.advance(Duration::from_secs(10) + MICRO);
+    assert!(matches!(s.refresh(refresh_req(rt(&t0), &c, &opts)).await, Err(Error::RefreshReuse { .. })));
+    assert_inactive(&s, t2.access_token.secret()).await;
+    // A grace period over the maximum is refused.
+    let too_long = Config { refresh_grace: Duration::from_secs(3600), ..Config::default() };
+    assert!(matches!(
+        Authstore::new(h.backend.clone(), TokenKeyring::new(key("k1", 7))).with_config(too_long),
+        Err(Error::Config { .. })
+    ));
+}
+
+/// Refresh can narrow the access token's scope, never widen it; the family keeps its scope
+/// and absolute expiry, the idle expiry restarts.
+pub async fn refresh_scope_and_expiry(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "read write").await;
+    let opts = TokenOptions::default();
+    let t0 = code_flow(&s, &c, "alice", "read write").await;
+    let first = s.introspect_refresh_token(rt(&t0)).await.unwrap();
+    assert_eq!(first.expires_at, START.saturating_add(Duration::from_secs(30 * 86_400)));
+    assert_eq!(first.idle_expires_at, START.saturating_add(Duration::from_secs(14 * 86_400)));
+
+    let narrow = scopes("read");
+    clock.advance(Duration::from_secs(86_400));
+    let t1 = s
+        .refresh(RefreshRequest { scope: Some(&narrow), ..refresh_req(rt(&t0), &c, &opts) })
+        .await
+        .unwrap();
+    assert_eq!(t1.scope, narrow);
+    assert_eq!(s.validate_access_token(t1.access_token.secret()).await.unwrap().scope, narrow);
+    let second = s.introspect_refresh_token(rt(&t1)).await.unwrap();
+    assert_eq!(second.scope, scopes("read write"), "the family keeps its scope");
+    assert_eq!(second.expires_at, first.expires_at, "rotation never extends the absolute expiry");
+    assert_eq!(second.idle_expires_at, START.saturating_add(Duration::from_secs(15 * 86_400)));
+
+    let wide = scopes("read admin");
+    let e = s.refresh(RefreshRequest { scope: Some(&wide), ..refresh_req(rt(&t1), &c, &opts) }).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidScope { .. }), "{e:?}");
+    // A refused request changed nothing: the token still rotates.
+    let (other, _) = web_client(&s, "read write").await;
+    let e = s.refresh(refresh_req(rt(&t1), &other, &opts)).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidGrant { .. }), "{e:?}");
+
+    // Idle expiry, exactly at the boundary.
+    clock.set(second.idle_expires_at.saturating_sub(MICRO));
+    let t2 = s.refresh(refresh_req(rt(&t1), &c, &opts)).await.unwrap();
+    let third = s.introspect_refresh_token(rt(&t2)).await.unwrap();
+    clock.set(third.idle_expires_at);
+    assert!(matches!(s.refresh(refresh_req(rt(&t2), &c, &opts)).await, Err(Error::Inactive { .. })));
+    assert!(s.introspect_refresh_token(rt(&t2)).await.is_err());
+}
+
+// ----- revocation --------------------------------------------------------------------
+
+/// RFC 7009: access and refresh tokens, unknown tokens, other clients' tokens.
+pub async fn revocation_rfc7009(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let (other, _) = web_client(&s, "read").await;
+    let opts = TokenOptions::default();
+
+    let t = code_flow(&s, &c, "alice", "read").await;
+    // Another client may not revoke it.
+    assert_eq!(s.revoke_token(t.access_token.secret(), None, Some(other.id)).await.unwrap(), RevokeOutcome::WrongClient);
+    s.validate_access_token(t.access_token.secret()).await.unwrap();
+    // Its own client may; the hint is only a hint.
+    let out = s.revoke_token(t.access_token.secret(), Some(TokenTypeHint::RefreshToken), Some(c.id)).await.unwrap();
+    assert_eq!(out, RevokeOutcome::Revoked { grant_id: t.grant_id });
+    assert_inactive(&s, t.access_token.secret()).await;
+    // Revoking an access token leaves the refresh token alone.
+    let t1 = s.refresh(refresh_req(rt(&t), &c, &opts)).await.unwrap();
+    s.validate_access_token(t1.access_token.secret()).await.unwrap();
+    // Revoking the refresh token revokes the grant's access tokens too.
+    assert_eq!(s.revoke_token(rt(&t1), None, Some(c.id)).await.unwrap(), RevokeOutcome::Revoked { grant_id: t.grant_id });
+    assert_inactive(&s, t1.access_token.secret()).await;
+    assert!(s.grant(t.grant_id).await.unwrap().revoked_at.is_some());
+    // Revoking twice is fine.
+    assert!(matches!(s.revoke_token(rt(&t1), None, Some(c.id)).await.unwrap(), RevokeOutcome::Revoked { .. }));
+    // Unknown but well-formed tokens.
+    let (c2, _) = service_client(&s, "x").await;
+    let fresh = s.issue_client_credentials(c2.id, None, &opts).await.unwrap();
+    s.revoke_token(fresh.access_token.secret(), None, None).await.unwrap();
+    let never = authstore_core::TokenFormat::new().mint(authstore_core::TokenKind::AccessToken).unwrap();
+    assert_eq!(s.revoke_token(&never, None, None).await.unwrap(), RevokeOutcome::NotFound);
+    // A foreign string is unknown here (RFC 7009: 200); a malformed one is a typed error.
+    assert_eq!(s.revoke_token("some-foreign-token", None, None).await.unwrap(), RevokeOutcome::NotFound);
+    assert!(matches!(s.revoke_token("a\0b", None, None).await, Err(Error::MalformedToken { .. })));
+    let kinds = audit_kinds(&s).await;
+    assert!(kinds.contains(&AuditKind::AccessTokenRevoked));
+    assert!(kinds.contains(&AuditKind::RefreshTokenRevoked));
+}
+
+/// Revoke by grant, by client, by subject: each hits exactly its own.
+pub async fn revoke_by_grant_client_subject(h: Harness) {
+    let (s, _) = store(&h);
+    let (a, _) = web_client(&s, "read").await;
+    let (b, _) = web_client(&s, "read").await;
+    let a_alice = code_flow(&s, &a, "alice", "read").await;
+    let a_bob = code_flow(&s, &a, "bob", "read").await;
+    let b_alice = code_flow(&s, &b, "alice", "read").await;
+    let b_bob = code_flow(&s, &b, "bob", "read").await;
+    let b_carol = code_flow(&s, &b, "carol", "read").await;
+
+    s.revoke_grant(b_carol.grant_id).await.unwrap();
+    assert_inactive(&s, b_carol.access_token.secret()).await;
+    assert!(matches!(s.revoke_grant(authstore_core::GrantId::new_at(START)).await, Err(Error::NotFound { .. })));
+
+    assert_eq!(s.revoke_subject_grants(&sub("alice")).await.unwrap(), 2);
+    assert_inactive(&s, a_alice.access_token.secret()).await;
+    assert_inactive(&s, b_alice.access_token.secret()).await;
+    s.validate_access_token(a_bob.access_token.secret()).await.unwrap();
+    s.validate_access_token(b_bob.access_token.secret()).await.unwrap();
+
+    assert_eq!(s.revoke_client_grants(b.id).await.unwrap(), 1, "only b/bob was still live");
+    assert_inactive(&s, b_bob.access_token.secret()).await;
+    s.validate_access_token(a_bob.access_token.secret()).await.unwrap();
+    assert_eq!(s.revoke_client_grants(b.id).await.unwrap(), 0);
+    let kinds = audit_kinds(&s).await;
+    assert!(kinds.contains(&AuditKind::SubjectGrantsRevoked));
+    assert!(kinds.contains(&AuditKind::ClientGrantsRevoked));
+    assert!(kinds.contains(&AuditKind::GrantRevoked));
+}
+
+/// Deleting a client deletes what belongs to it.
+pub async fn cascade_on_client_delete(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let (keep, _) = web_client(&s, "read").await;
+    let t = code_flow(&s, &c, "alice", "read").await;
+    let kept = code_flow(&s, &keep, "alice", "read").await;
+    let pending = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    s.record_consent(c.id, &sub("alice"), &scopes("read")).await.unwrap();
+    let (_, handle) = s
+        .create_authorization_session(NewAuthorizationSession {
+            client_id: c.id,
+            redirect_uri: REDIRECT.into(),
+            scope: scopes("read"),
+            state: None,
+            code_challenge: Some(PkceChallenge::from_verifier(VERIFIER).unwrap()),
+            nonce: None,
+        })
+        .await
+        .unwrap();
+
+    s.delete_client(c.id).await.unwrap();
+    assert_inactive(&s, t.access_token.secret()).await;
+    assert!(matches!(s.grant(t.grant_id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.grant(pending.grant_id).await, Err(Error::NotFound { .. })));
+    assert!(s.consent(c.id, &sub("alice")).await.unwrap().is_none());
+    assert!(s.authorization_session(handle.secret()).await.is_err());
+    assert!(s.introspect_refresh_token(rt(&t)).await.is_err());
+    let st = s.stats().await.unwrap();
+    assert_eq!(st.clients, 1);
+    assert_eq!(st.grants.active + st.grants.revoked, 1);
+    assert_eq!(st.access_tokens.active, 1);
+    assert_eq!(st.refresh_tokens.active, 1);
+    assert_eq!(st.authorization_codes.active + st.authorization_codes.used, 1);
+    assert_eq!(st.consents, 0);
+    assert_eq!(st.authorization_sessions.active, 0);
+    s.validate_access_token(kept.access_token.secret()).await.unwrap();
+    // Audit events outlive the client.
+    let q = AuditQuery { client_id: Some(c.id), ..Default::default() };
+    assert!(s.audit_events(&q).await.unwrap().iter().any(|e| e.kind == AuditKind::ClientDeleted));
+}
+
+// ----- personal access tokens, sessions, consents ------------------------------------
+
+/// PATs: issue, validate, last-used batched, list, revoke, expiry.
+pub async fn personal_access_tokens(h: Harness) {
+    let (s, clock) = store(&h);
+    let alice = sub("alice");
+    let p = s
+        .issue_pat(NewPat { user: alice.clone(), name: "ci".into(), scope: scopes("repo"), expires_in: Some(Duration::from_secs(3600)) })
+        .await
+        .unwrap();
+    assert!(p.secret.secret().starts_with("pat_"));
+    let forever = s
+        .issue_pat(NewPat { user: alice.clone(), name: "laptop".into(), scope: scopes("read"), expires_in: None })
+        .await
+        .unwrap();
+    clock.advance(SECOND);
+    assert_eq!(s.validate_pat(p.secret.secret()).await.unwrap().id, p.pat.id);
+    // Validation does not write: last_used_at is still unset until a flush.
+    let listed = s.list_pats(&alice).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|p| p.last_used_at.is_none()));
+    assert_eq!(s.flush_pat_usage().await.unwrap(), 1);
+    assert_eq!(s.flush_pat_usage().await.unwrap(), 0);
+    let listed = s.list_pats(&alice).await.unwrap();
+    let used = listed.iter().find(|x| x.id == p.pat.id).unwrap();
+    assert_eq!(used.last_used_at, Some(START.saturating_add(SECOND)));
+
+    // Expiry boundary.
+    clock.set(p.pat.expires_at.unwrap().saturating_sub(MICRO));
+    s.validate_pat(p.secret.secret()).await.unwrap();
+    clock.set(p.pat.expires_at.unwrap());
+    assert!(matches!(s.validate_pat(p.secret.secret()).await, Err(Error::Inactive { .. })));
+    s.validate_pat(forever.secret.secret()).await.unwrap();
+
+    // Revoke: only its owner (when named).
+    assert!(matches!(s.revoke_pat(forever.pat.id, Some(&sub("mallory"))).await, Err(Error::NotFound { .. })));
+    s.validate_pat(forever.secret.secret()).await.unwrap();
+    s.revoke_pat(forever.pat.id, Some(&alice)).await.unwrap();
+    assert!(matches!(s.validate_pat(forever.secret.secret()).await, Err(Error::Inactive { .. })));
+    assert!(s.list_pats(&sub("bob")).await.unwrap().is_empty());
+    // A PAT is not an access token and vice versa.
+    assert!(matches!(s.validate_access_token(forever.secret.secret()).await, Err(Error::MalformedToken { .. })));
+    let kinds = audit_kinds(&s).await;
+    assert!(kinds.contains(&AuditKind::PatIssued) && kinds.contains(&AuditKind::PatRevoked));
+}
+
+/// Authorization sessions: create, get, attach subject, complete exactly once, expire.
+pub async fn authorization_sessions(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "openid").await;
+    let new = NewAuthorizationSession {
+        client_id: c.id,
+        redirect_uri: REDIRECT.into(),
+        scope: scopes("openid"),
+        state: Some("xyz".into()),
+        code_challenge: Some(PkceChallenge::from_verifier(VERIFIER).unwrap()),
+        nonce: None,
+    };
+    let (sess, handle) = s.create_authorization_session(new.clone()).await.unwrap();
+    assert!(handle.secret().starts_with("as_"));
+    assert_eq!(sess.expires_at, START.saturating_add(Duration::from_secs(600)));
+    assert_eq!(s.authorization_session(handle.secret()).await.unwrap(), sess);
+    // Not completable before a subject is attached.
+    assert!(s.complete_authorization_session(handle.secret()).await.is_err());
+    s.attach_subject(handle.secret(), &sub("alice")).await.unwrap();
+    s.attach_subject(handle.secret(), &sub("alice")).await.unwrap();
+    assert!(s.attach_subject(handle.secret(), &sub("mallory")).await.is_err(), "the subject cannot change");
+    assert_eq!(s.authorization_session(handle.secret()).await.unwrap().subject, Some(sub("alice")));
+
+    // 16 racers complete it: exactly one wins.
+    let handle_s: Arc<str> = handle.secret().into();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        let h = handle_s.clone();
+        tasks.push(tokio::spawn(async move { s.complete_authorization_session(&h).await }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        if let Ok(done) = t.await.unwrap() {
+            won += 1;
+            assert_eq!(done.completed_at, Some(START));
+            assert_eq!(done.state.as_deref(), Some("xyz"));
+        }
+    }
+    assert_eq!(won, 1);
+    assert!(s.authorization_session(handle.secret()).await.is_err());
+
+    // Expire early; expiry boundary.
+    let (_, h2) = s.create_authorization_session(new.clone()).await.unwrap();
+    s.expire_authorization_session(h2.secret()).await.unwrap();
+    assert!(s.authorization_session(h2.secret()).await.is_err());
+    assert!(s.expire_authorization_session(h2.secret()).await.is_err());
+    let (s3, h3) = s.create_authorization_session(new.clone()).await.unwrap();
+    clock.set(s3.expires_at.saturating_sub(MICRO));
+    s.authorization_session(h3.secret()).await.unwrap();
+    clock.set(s3.expires_at);
+    assert!(s.authorization_session(h3.secret()).await.is_err());
+    assert!(s.attach_subject(h3.secret(), &sub("alice")).await.is_err());
+
+    // Bad requests fail before anything is stored.
+    let bad = NewAuthorizationSession { redirect_uri: "https://evil.example/cb".into(), ..new.clone() };
+    assert!(matches!(s.create_authorization_session(bad).await, Err(Error::InvalidInput { .. })));
+    let bad = NewAuthorizationSession { state: Some("a\0b".into()), ..new };
+    assert!(matches!(s.create_authorization_session(bad).await, Err(Error::InvalidInput { .. })));
+    let kinds = audit_kinds(&s).await;
+    for k in [
+        AuditKind::AuthorizationSessionCreated,
+        AuditKind::AuthorizationSessionSubject,
+        AuditKind::AuthorizationSessionCompleted,
+        AuditKind::AuthorizationSessionExpired,
+    ] {
+        assert!(kinds.contains(&k), "missing {k}");
+    }
+}
+
+/// Consents accumulate; revoking one revokes that client's grants for that subject only.
+pub async fn consents(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "read write email").await;
+    let alice = sub("alice");
+    assert!(s.consent(c.id, &alice).await.unwrap().is_none());
+    let first = s.record_consent(c.id, &alice, &scopes("read")).await.unwrap();
+    clock.advance(SECOND);
+    let second = s.record_consent(c.id, &alice, &scopes("write")).await.unwrap();
+    assert_eq!(second.scope, scopes("read write"));
+    assert_eq!(second.granted_at, first.granted_at);
+    assert_eq!(second.updated_at, START.saturating_add(SECOND));
+    assert_eq!(s.consent(c.id, &alice).await.unwrap().unwrap(), second);
+    assert!(matches!(s.record_consent(c.id, &alice, &scopes("admin")).await, Err(Error::InvalidScope { .. })));
+
+    let t_alice = code_flow(&s, &c, "alice", "read").await;
+    let t_bob = code_flow(&s, &c, "bob", "read").await;
+    assert!(s.revoke_consent(c.id, &alice).await.unwrap());
+    assert!(s.consent(c.id, &alice).await.unwrap().is_none());
+    assert_inactive(&s, t_alice.access_token.secret()).await;
+    s.validate_access_token(t_bob.access_token.secret()).await.unwrap();
+    assert!(!s.revoke_consent(c.id, &alice).await.unwrap());
+}
+
+// ----- audit -------------------------------------------------------------------------
+
+/// Audit queries filter by kind, subject, client and time, and page by id.
+pub async fn audit_queries(h: Harness) {
+    let (s, clock) = store(&h);
+    let (a, _) = web_client(&s, "read").await;
+    clock.advance(SECOND);
+    let (b, _) = service_client(&s, "read").await;
+    clock.advance(SECOND);
+    let t = code_flow(&s, &a, "alice", "read").await;
+    clock.advance(SECOND);
+    s.issue_client_credentials(b.id, None, &TokenOptions::default()).await.unwrap();
+
+    let all = s.audit_events(&AuditQuery { limit: Some(1000), ..Default::default() }).await.unwrap();
+    assert!(all.len() >= 5);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+    let created = s.audit_events(&AuditQuery { kind: Some(AuditKind::ClientCreated), ..Default::default() }).await.unwrap();
+    assert_eq!(created.len(), 2);
+    let for_alice = s.audit_events(&AuditQuery { subject: Some(sub("alice")), ..Default::default() }).await.unwrap();
+    assert!(!for_alice.is_empty());
+    assert!(for_alice.iter().all(|e| e.subject == Some(sub("alice"))));
+    let redeemed: Vec<_> = for_alice.iter().filter(|e| e.kind == AuditKind::CodeRedeemed).collect();
+    assert_eq!(redeemed.len(), 1, "code redemption is audited with its subject");
+    assert_eq!(redeemed[0].grant_id, Some(t.grant_id), "the backend fills the grant of a consumed code");
+    assert_eq!(redeemed[0].client_id, Some(a.id));
+    let for_b = s.audit_events(&AuditQuery { client_id: Some(b.id), ..Default::default() }).await.unwrap();
+    assert!(for_b.iter().all(|e| e.client_id == Some(b.id)));
+    assert!(for_b.iter().any(|e| e.kind == AuditKind::TokensIssued));
+    let window = AuditQuery {
+        since: Some(START.saturating_add(SECOND)),
+        until: Some(START.saturating_add(Duration::from_secs(2))),
+        ..Default::default()
+    };
+    let w = s.audit_events(&window).await.unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].kind, AuditKind::ClientCreated);
+    assert_eq!(w[0].client_id, Some(b.id));
+
+    // Paging.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.audit_events(&AuditQuery { after, limit: Some(2), ..Default::default() }).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.id);
+        seen.extend(page);
+    }
+    assert_eq!(seen, all);
+    assert!(matches!(s.audit_events(&AuditQuery { limit: Some(0), ..Default::default() }).await, Err(Error::InvalidInput { .. })));
+    assert!(matches!(s.audit_events(&AuditQuery { limit: Some(5000), ..Default::default() }).await, Err(Error::InvalidInput { .. })));
+
+    // The audit context is recorded.
+    let ctx = authstore_core::AuditContext { actor: Some("admin:root".into()), ip: Some("127.0.0.1".parse().unwrap()) };
+    s.with_audit_context(ctx.clone()).revoke_grant(t.grant_id).await.unwrap();
+    let ev = s.audit_events(&AuditQuery { kind: Some(AuditKind::GrantRevoked), ..Default::default() }).await.unwrap();
+    assert_eq!(ev[0].actor, ctx.actor);
+    assert_eq!(ev[0].ip, ctx.ip);
+    assert_eq!(ev[0].grant_id, Some(t.grant_id));
+}
+
+// ----- maintenance -------------------------------------------------------------------
+
+/// Cleanup removes dead rows past retention and never anything a live token depends on.
+pub async fn cleanup_keeps_live_data(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let (svc, _) = service_client(&s, "read").await;
+    let opts = TokenOptions::default();
+    let live = code_flow(&s, &c, "alice", "read").await; // access 1 h, refresh 30 d
+    let rotated_from = code_flow(&s, &c, "bob", "read").await;
+    let rotated_to = s.refresh(refresh_req(rt(&rotated_from), &c, &opts)).await.unwrap();
+    let revoked = code_flow(&s, &c, "carol", "read").await;
+    s.revoke_grant(revoked.grant_id).await.unwrap();
+    let cc = s.issue_client_credentials(svc.id, None, &opts).await.unwrap();
+    let _unused_code = s.issue_code(code_request(&c, "dave", "read")).await.unwrap();
+    let pat = s
+        .issue_pat(NewPat { user: sub("alice"), name: "short".into(), scope: scopes("read"), expires_in: Some(SECOND) })
+        .await
+        .unwrap();
+
+    // Nothing is past retention yet.
+    let r = s.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert_eq!(r.total(), 0, "{r:?}");
+
+    // Two days later: access tokens (1 h), codes (60 s), the PAT (1 s), the revoked grant
+    // are a day past retention; refresh tokens (30 d) are alive.
+    clock.advance(Duration::from_secs(2 * 86_400 + 1));
+    let r = s.cleanup(&CleanupOptions::default()).await.unwrap();
+    // In order: codes, access tokens, refresh tokens, PATs, sessions, grants.
+    assert_eq!(r.authorization_codes, 4, "{r:?}"); // alice, bob, carol, dave: all expired
+    assert_eq!(r.access_tokens, 5, "{r:?}"); // alice, bob x2, carol, client_credentials
+    assert_eq!(r.refresh_tokens, 0, "{r:?}"); // carol's goes with her grant, uncounted
+    assert_eq!(r.personal_access_tokens, 1, "{r:?}");
+    assert_eq!(r.grants, 3, "{r:?}"); // carol (revoked), client_credentials and dave (empty)
+    assert!(!r.incomplete);
+    drop(pat);
+
+    // The live family still works: its refresh token (and grant) were kept.
+    let renewed = s.refresh(refresh_req(rt(&live), &c, &opts)).await.unwrap();
+    s.validate_access_token(renewed.access_token.secret()).await.unwrap();
+    // The rotated token was kept for reuse detection: replaying it still revokes the family.
+    assert!(matches!(s.refresh(refresh_req(rt(&rotated_from), &c, &opts)).await, Err(Error::RefreshReuse { .. })));
+    assert_inactive(&s, rotated_to.access_token.secret()).await;
+    assert!(matches!(s.grant(revoked.grant_id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.grant(cc.grant_id).await, Err(Error::NotFound { .. })));
+    s.grant(live.grant_id).await.unwrap();
+
+    // A second run finds nothing more.
+    assert_eq!(s.cleanup(&CleanupOptions::default()).await.unwrap().total(), 0);
+
+    // Long after everything expired, the rest goes too.
+    clock.advance(Duration::from_secs(60 * 86_400));
+    let r = s.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert!(r.refresh_tokens >= 3, "{r:?}");
+    let st = s.stats().await.unwrap();
+    assert_eq!(st.refresh_tokens, Default::default(), "{st:?}");
+    assert_eq!(st.access_tokens, Default::default(), "{st:?}");
+    assert_eq!(st.grants, Default::default(), "{st:?}");
+    assert_eq!(st.clients, 2, "cleanup never deletes clients");
+    assert!(matches!(s.cleanup(&CleanupOptions { batch_size: 0, ..Default::default() }).await, Err(Error::InvalidInput { .. })));
+}
+
+/// Cleanup in small batches, two at once: together they delete each row once.
+pub async fn cleanup_batches_and_concurrency(h: Harness) {
+    let (s, clock) = store(&h);
+    let (svc, _) = service_client(&s, "read").await;
+    let opts = TokenOptions::default();
+    for _ in 0..120 {
+        s.issue_client_credentials(svc.id, None, &opts).await.unwrap();
+    }
+    clock.advance(Duration::from_secs(3 * 86_400));
+    let options = CleanupOptions { batch_size: 7, max_batches: 3, ..Default::default() };
+    let r = s.cleanup(&options).await.unwrap();
+    assert_eq!(r.access_tokens, 21, "bounded: 3 batches of 7");
+    assert!(r.incomplete);
+    let options = CleanupOptions { batch_size: 10, max_batches: 1000, ..Default::default() };
+    let (a, b) = tokio::join!(s.cleanup(&options), s.cleanup(&options));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.access_tokens + b.access_tokens, 99);
+    assert_eq!(a.grants + b.grants, 99, "the first run removed 21 emptied grants");
+    assert!(!a.incomplete && !b.incomplete);
+    assert_eq!(s.stats().await.unwrap().access_tokens, Default::default());
+}
+
+/// Stats count per kind: active, expired, revoked, used.
+pub async fn stats_counts(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let opts = TokenOptions::default();
+    let a = code_flow(&s, &c, "alice", "read").await;
+    let b = code_flow(&s, &c, "bob", "read").await;
+    s.refresh(refresh_req(rt(&b), &c, &opts)).await.unwrap();
+    let d = code_flow(&s, &c, "dan", "read").await;
+    s.revoke_grant(d.grant_id).await.unwrap();
+    s.issue_code(code_request(&c, "erin", "read")).await.unwrap();
+    let _ = a;
+    let st = s.stats().await.unwrap();
+    assert_eq!(st.clients, 1);
+    assert_eq!(st.grants.active, 3);
+    assert_eq!(st.grants.revoked, 1);
+    assert_eq!(st.access_tokens.active, 3);
+    assert_eq!(st.access_tokens.revoked, 1);
+    assert_eq!(st.refresh_tokens.active, 2);
+    assert_eq!(st.refresh_tokens.used, 1, "rotated");
+    assert_eq!(st.refresh_tokens.revoked, 1);
+    assert_eq!(st.authorization_codes.used, 2, "consumed codes of live grants");
+    assert_eq!(st.authorization_codes.revoked, 1);
+    assert_eq!(st.authorization_codes.active, 1);
+    assert!(st.audit_events > 0);
+    clock.advance(Duration::from_secs(2 * 3600));
+    let st = s.stats().await.unwrap();
+    assert_eq!(st.access_tokens.expired, 3);
+    assert_eq!(st.access_tokens.active, 0);
+    assert_eq!(st.authorization_codes.expired, 1);
+}
+
+// ----- bad input, secrets, keys ------------------------------------------------------
+
+/// Malformed tokens, invalid scopes and URIs, unknown ids: a typed error, no panic,
+/// nothing written.
+pub async fn bad_input_changes_nothing(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, secret) = web_client(&s, "read").await;
+    let t = code_flow(&s, &c, "alice", "read").await;
+    let before_stats = s.stats().await.unwrap();
+    let before_audit = audit_kinds(&s).await.len();
+
+    let at = t.access_token.secret();
+    let mut bad_checksum = at.to_owned();
+    let last = bad_checksum.pop().unwrap();
+    bad_checksum.push(if last == '0' { '1' } else { '0' });
+    let huge = "x".repeat(5000);
+    let malformed = [
+        "",
+        "a\0b",
+        huge.as_str(),
+        bad_checksum.as_str(),
+        &at[..at.len() - 1],
+        rt(&t),                           // right format, wrong kind
+        secret.secret(),                  // a client secret is not an access token
+        "at_short",
+        "zz_0000000000000000000000000000000000000000000000000",
+        "foreign-token-string",           // foreign tokens are off by default
+    ];
+    for m in malformed {
+        let e = s.validate_access_token(m).await.unwrap_err();
+        assert!(matches!(e, Error::MalformedToken { .. }), "{m:?}: {e:?}");
+        assert!(!e.to_string().contains(at), "an error never echoes a token");
+    }
+    let e = s.refresh(refresh_req(at, &c, &TokenOptions::default())).await.unwrap_err();
+    assert!(matches!(e, Error::MalformedToken { .. }));
+    let opts = TokenOptions::default();
+    for code in ["", "ac_\0", huge.as_str(), at] {
+        assert!(matches!(s.redeem_code(redemption(code, &c, &opts)).await, Err(Error::MalformedToken { .. })));
+    }
+    assert!(matches!(s.validate_pat("pat_nope").await, Err(Error::MalformedToken { .. })));
+    assert!(matches!(s.authorization_session("").await, Err(Error::MalformedToken { .. })));
+    // Unknown but well-formed.
+    let unknown = authstore_core::TokenFormat::new().mint(authstore_core::TokenKind::AccessToken).unwrap();
+    assert!(matches!(s.validate_access_token(&unknown).await, Err(Error::Inactive { .. })));
+    // Invalid scopes and URIs.
+    for bad in ["a  b", " a", "a\"b", "\u{e9}", "a\0"] {
+        assert!(Scopes::parse(bad).is_err());
+    }
+    for bad in ["", "/relative", "https://a.example/#f", "javascript:alert(1)", "https://a.example/\0"] {
+        assert!(RedirectUri::new(bad).is_err(), "{bad:?}");
+    }
+    assert!(Subject::new("").is_err() && Subject::new("a\0").is_err() && Subject::new("x".repeat(256)).is_err());
+    // Unknown ids.
+    let unknown_client = authstore_core::ClientId::new_at(START);
+    assert!(matches!(s.client(unknown_client).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.update_client(unknown_client, ClientUpdate::default()).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.disable_client(unknown_client).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.rotate_client_secret(unknown_client).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.issue_client_credentials(unknown_client, None, &opts).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.issue_code(code_request(&Client { id: unknown_client, ..c.clone() }, "a", "read")).await, Err(Error::NotFound { .. })));
+    assert!(matches!(s.revoke_pat(authstore_core::PatId::new_at(START), None).await, Err(Error::NotFound { .. })));
+    assert!(matches!("not-a-uuid".parse::<authstore_core::ClientId>(), Err(Error::InvalidInput { .. })));
+    // Bad token options.
+    let bad_opts = TokenOptions { claims: serde_json::json!("str"), ..Default::default() };
+    assert!(s.redeem_code(redemption(at, &c, &bad_opts)).await.is_err());
+    let big = TokenOptions { claims: serde_json::json!({"x": "y".repeat(5000)}), ..Default::default() };
+    assert!(matches!(s.issue_client_credentials(c.id, None, &big).await, Err(Error::InvalidInput { .. })));
+
+    assert_eq!(s.stats().await.unwrap(), before_stats, "bad input wrote nothing");
+    assert_eq!(audit_kinds(&s).await.len(), before_audit, "bad input wrote no audit event");
+    s.validate_access_token(at).await.unwrap();
+}
+
+/// `Debug` of every type holding a secret, and every error, shows none; no audit event
+/// holds one.
+pub async fn secrets_never_shown(h: Harness) {
+    let (s, _) = store(&h);
+    let created = s
+        .create_client(
+            NewClient::confidential("web")
+                .redirect_uri(RedirectUri::new(REDIRECT).unwrap())
+                .scopes(scopes("read"))
+                .grant_type(GrantType::AuthorizationCode)
+                .grant_type(GrantType::RefreshToken),
+        )
+        .await
+        .unwrap();
+    let client_secret = created.secret.as_ref().unwrap().secret().to_owned();
+    let c = created.client.clone();
+    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let code_s = code.code.secret().to_owned();
+    let opts = TokenOptions::default();
+    let t = s.redeem_code(redemption(&code_s, &c, &opts)).await.unwrap();
+    let pat = s
+        .issue_pat(NewPat { user: sub("alice"), name: "p".into(), scope: scopes("read"), expires_in: None })
+        .await
+        .unwrap();
+    let (_, handle) = s
+        .create_authorization_session(NewAuthorizationSession {
+            client_id: c.id,
+            redirect_uri: REDIRECT.into(),
+            scope: scopes("read"),
+            state: None,
+            code_challenge: Some(PkceChallenge::from_verifier(VERIFIER).unwrap()),
+            nonce: None,
+        })
+        .await
+        .unwrap();
+    let replay = s.redeem_code(redemption(&code_s, &c, &opts)).await.unwrap_err();
+    let secrets = [
+        client_secret.clone(),
+        code_s.clone(),
+        t.access_token.secret().to_owned(),
+        rt(&t).to_owned(),
+        pat.secret.secret().to_owned(),
+        handle.secret().to_owned(),
+    ];
+    let shown = [
+        format!("{created:?}"),
+        format!("{code:?}"),
+        format!("{t:?}"),
+        format!("{pat:?}"),
+        format!("{handle:?}"),
+        format!("{s:?}"),
+        format!("{:?}", h.backend),
+        format!("{replay:?} {replay}"),
+        format!("{:?}", s.audit_events(&AuditQuery { limit: Some(1000), ..Default::default() }).await.unwrap()),
+        serde_json::to_string(&s.audit_events(&AuditQuery { limit: Some(1000), ..Default::default() }).await.unwrap()).unwrap(),
+        format!("{:?}", TokenKeyring::new(key("k1", 7))),
+    ];
+    for text in &shown {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a secret leaked into: {text}");
+            // Not even the random body without its prefix.
+            let body = &secret[secret.find('_').unwrap() + 1..];
+            assert!(!text.contains(body), "a secret body leaked into: {text}");
+        }
+    }
+    assert!(format!("{t:?}").contains("[redacted]"));
+    let hex = TokenKey::from_bytes("k", [0xab; 32]).unwrap();
+    assert!(!format!("{hex:?}").contains("abab"));
+}
+
+/// After a key rotation, tokens and client secrets hashed under the old key still work;
+/// new ones are hashed under the new key only.
+pub async fn token_key_rotation(h: Harness) {
+    let (old, clock) = store(&h);
+    let (c, secret) = web_client(&old, "read").await;
+    let t = code_flow(&old, &c, "alice", "read").await;
+    let rotated = Authstore::new(
+        h.backend.clone(),
+        TokenKeyring::with_older(key("k2", 9), vec![key("k1", 7)]).unwrap(),
+    )
+    .with_clock(Arc::new(clock.clone()));
+    rotated.validate_access_token(t.access_token.secret()).await.unwrap();
+    rotated.verify_client_secret(c.id, secret.secret()).await.unwrap();
+    let t2 = rotated.refresh(refresh_req(rt(&t), &c, &TokenOptions::default())).await.unwrap();
+    // New tokens are under k2 only: the old ring cannot find them.
+    rotated.validate_access_token(t2.access_token.secret()).await.unwrap();
+    assert_inactive(&old, t2.access_token.secret()).await;
+    // Reuse detection works across the rotation.
+    assert!(matches!(
+        rotated.refresh(refresh_req(rt(&t), &c, &TokenOptions::default())).await,
+        Err(Error::RefreshReuse { .. })
+    ));
+    // Once k1 is dropped, its tokens are gone.
+    let (c2, s2) = service_client(&old, "read").await;
+    let only_new = Authstore::new(h.backend.clone(), TokenKeyring::new(key("k2", 9))).with_clock(Arc::new(clock));
+    assert!(matches!(only_new.verify_client_secret(c2.id, s2.secret()).await, Err(Error::InvalidClient)));
+}
+
+/// Tokens minted elsewhere can be stored, validated and revoked when enabled.
+pub async fn foreign_tokens(h: Harness) {
+    let (strict, _) = store(&h);
+    let (c, _) = service_client(&strict, "read write").await;
+    let ft = ForeignTokens {
+        access_token: "eyJhbGciOiJSUzI1NiJ9.payload.signature",
+        refresh_token: Some("opaque-refresh-from-elsewhere"),
+        expires_in: Some(Duration::from_secs(300)),
+        client_id: c.id,
+        subject: None,
+        scope: None,
+    };
+    assert!(matches!(strict.store_foreign_tokens(ft).await, Err(Error::Config { .. })));
+    let (s, clock) = store_with(&h, Config { accept_foreign_tokens: true, ..Config::default() });
+    let grant = s.store_foreign_tokens(ft).await.unwrap();
+    let v = s.validate_access_token(ft.access_token).await.unwrap();
+    assert_eq!(v.grant_id, grant);
+    assert_eq!(v.scope, scopes("read write"));
+    assert!(matches!(strict.validate_access_token(ft.access_token).await, Err(Error::MalformedToken { .. })));
+    // Foreign strings still obey the format rules.
+    assert!(matches!(s.validate_access_token("a\0b").await, Err(Error::MalformedToken { .. })));
+    // Revocation with a hint.
+    assert!(matches!(s.revoke_token("opaque-refresh-from-elsewhere", Some(TokenTypeHint::RefreshToken), Some(c.id)).await.unwrap(), RevokeOutcome::Revoked { .. }));
+    assert_inactive(&s, ft.access_token).await;
+    // Expiry from expires_in.
+    let ft2 = ForeignTokens { access_token: "another-foreign", refresh_token: None, ..ft };
+    s.store_foreign_tokens(ft2).await.unwrap();
+    clock.advance(Duration::from_secs(300));
+    assert_inactive(&s, "another-foreign").await;
+    // Storing the same token twice is a conflict, not a silent overwrite.
+    let e = s.store_foreign_tokens(ft2).await.unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+}
+
+// ----- files -------------------------------------------------------------------------
+
+/// Issues 1,000 of each secret and scans the backend's files (database, WAL) for them:
+/// none may appear in clear.
+pub async fn no_secret_bytes_in_files(h: Harness) {
+    assert!(!h.files.is_empty(), "this case is for backends that keep files");
+    let (s, _) = store(&h);
+    let opts = TokenOptions::default();
+    let mut secrets: Vec<String> = Vec::new();
+    let (c, _) = web_client(&s, "read").await;
+    for i in 0..1000 {
+        let created = s.create_client(NewClient::confidential(format!("c{i}")).scopes(scopes("read"))).await.unwrap();
+        secrets.push(created.secret.unwrap().secret().to_owned());
+        let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+        secrets.push(code.code.secret().to_owned());
+        let t = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap();
+        secrets.push(t.access_token.secret().to_owned());
+        secrets.push(rt(&t).to_owned());
+    }
+    let mut bytes = Vec::new();
+    for f in &h.files {
+        if let Ok(b) = std::fs::read(f) {
+            bytes.extend_from_slice(&b);
+            bytes.push(0);
+        }
+    }
+    assert!(bytes.len() > 100_000, "the files hold the data ({} bytes)", bytes.len());
+    // Look for the random bodies: 12-byte windows would be found by any in-clear copy.
+    let mut needles: HashSet<&[u8]> = HashSet::new();
+    for secret in &secrets {
+        let body = &secret.as_bytes()[secret.rfind('_').unwrap() + 1..];
+        needles.insert(&body[..12]);
+        needles.insert(&body[body.len() - 12..]);
+    }
+    let found = bytes.windows(12).filter(|w| needles.contains(w)).count();
+    assert_eq!(found, 0, "secret bytes found in clear in {:?}", h.files);
+    // Prefixes prove the scan would see text if it were there.
+    assert!(bytes.windows(REDIRECT.len()).any(|w| w == REDIRECT.as_bytes()), "sanity: stored text is visible to the scan");
+}

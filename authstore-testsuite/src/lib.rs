@@ -59,7 +59,43 @@ macro_rules! conformance_tests {
     ($factory:path) => {
         $crate::__cases!($factory;
             client_lifecycle,
+            client_validation,
+            client_credentials,
+            access_token_expiry_boundary,
+            disabled_client_tokens_inactive,
+            authorization_code_flow,
+            code_binding_checks,
+            code_replay_revokes_grant,
+            code_race_exactly_one_wins,
+            code_expiry_boundary,
+            refresh_rotation_and_reuse,
+            refresh_race_grace_zero,
+            refresh_grace_period,
+            refresh_scope_and_expiry,
+            revocation_rfc7009,
+            revoke_by_grant_client_subject,
+            cascade_on_client_delete,
+            personal_access_tokens,
+            authorization_sessions,
+            consents,
+            audit_queries,
+            cleanup_keeps_live_data,
+            cleanup_batches_and_concurrency,
+            stats_counts,
+            bad_input_changes_nothing,
+            secrets_never_shown,
+            token_key_rotation,
+            foreign_tokens,
         );
+    };
+}
+
+/// Stamps the cases for backends that keep their data in files ([`Harness::files`]): the
+/// scan for secrets in clear.
+#[macro_export]
+macro_rules! file_tests {
+    ($factory:path) => {
+        $crate::__cases!($factory; no_secret_bytes_in_files);
     };
 }
 
