@@ -86,6 +86,7 @@ macro_rules! conformance_tests {
             secrets_never_shown,
             token_key_rotation,
             foreign_tokens,
+            no_secret_in_logs,
         );
     };
 }
