@@ -48,6 +48,18 @@ impl TokenKind {
         TokenKind::ClientSecret,
     ];
 
+    /// Position in [`TokenKind::ALL`].
+    const fn index(self) -> usize {
+        match self {
+            TokenKind::AuthorizationCode => 0,
+            TokenKind::AccessToken => 1,
+            TokenKind::RefreshToken => 2,
+            TokenKind::PersonalAccessToken => 3,
+            TokenKind::AuthorizationSession => 4,
+            TokenKind::ClientSecret => 5,
+        }
+    }
+
     /// The prefix minted tokens of this kind carry.
     pub const fn prefix(self) -> &'static str {
         match self {
@@ -74,9 +86,18 @@ impl TokenKind {
 }
 
 /// How tokens are minted and recognised: the optional deployment prefix.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenFormat {
     deployment: Option<String>,
+    /// `[<deployment>_]<kind>_` per kind, in [`TokenKind::ALL`] order: computed once so the
+    /// validation hot path does not allocate.
+    prefixes: [String; 6],
+}
+
+impl Default for TokenFormat {
+    fn default() -> Self {
+        Self::build(None)
+    }
 }
 
 /// How a presented string relates to the token format.
@@ -94,6 +115,14 @@ impl TokenFormat {
         Self::default()
     }
 
+    fn build(deployment: Option<String>) -> Self {
+        let prefixes = TokenKind::ALL.map(|k| match &deployment {
+            Some(d) => format!("{d}_{}_", k.prefix()),
+            None => format!("{}_", k.prefix()),
+        });
+        Self { deployment, prefixes }
+    }
+
     /// With a deployment prefix: tokens read `<prefix>_at_…`. The prefix is 1 to 16 lowercase
     /// ASCII letters or digits, so secret scanners can be taught one pattern per deployment.
     pub fn with_deployment_prefix(prefix: &str) -> Result<Self> {
@@ -107,7 +136,7 @@ impl TokenFormat {
                 ),
             });
         }
-        Ok(Self { deployment: Some(prefix.to_owned()) })
+        Ok(Self::build(Some(prefix.to_owned())))
     }
 
     /// The deployment prefix, if any.
@@ -115,18 +144,15 @@ impl TokenFormat {
         self.deployment.as_deref()
     }
 
-    fn full_prefix(&self, kind: TokenKind) -> String {
-        match &self.deployment {
-            Some(d) => format!("{d}_{}_", kind.prefix()),
-            None => format!("{}_", kind.prefix()),
-        }
+    fn full_prefix(&self, kind: TokenKind) -> &str {
+        &self.prefixes[kind.index()]
     }
 
     /// Mints a new token of `kind` from 32 bytes of the operating system's randomness.
     pub fn mint(&self, kind: TokenKind) -> Result<Zeroizing<String>> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         fill_random(bytes.as_mut())?;
-        let mut out = Zeroizing::new(self.full_prefix(kind));
+        let mut out = Zeroizing::new(self.full_prefix(kind).to_owned());
         out.push_str(&base62_fixed(bytes.as_ref(), BODY_LEN));
         let check = checksum(out.as_bytes());
         out.push_str(&check);
@@ -151,7 +177,7 @@ impl TokenFormat {
             return Err(malformed("contains NUL or control characters"));
         }
         let expected = self.full_prefix(kind);
-        if let Some(rest) = s.strip_prefix(expected.as_str()) {
+        if let Some(rest) = s.strip_prefix(expected) {
             if rest.len() != BODY_LEN + CHECK_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
             {
                 return Err(malformed("wrong length or characters after the prefix"));
