@@ -14,6 +14,10 @@
 //! - Where the caller cannot know them beforehand (consuming a code, revoking one token by
 //!   hash), the backend fills the event's `grant_id`, `client_id` and `subject` from the
 //!   record when they are `None`, before writing it.
+//! - An operation that changes nothing (revoking what is already revoked, a failed
+//!   compare-and-set, a set-based revoke that matches no row) writes no event.
+//! - A record whose `grant_id`/`client_id` disagree with its grant is refused with
+//!   [`Error::InvalidInput`](crate::Error::InvalidInput).
 //! - Expiry is enforced in the read: a record with `expires_at <= now` is expired.
 //! - A record "depends on" its grant and client: an access or refresh token whose grant is
 //!   revoked or whose client is disabled does not validate.
@@ -93,8 +97,8 @@ pub enum CodeConsumption {
     /// This call consumed the code: it was unconsumed, unexpired, its grant unrevoked and its
     /// client enabled. The returned code has `consumed_at` set.
     Consumed(AuthorizationCode),
-    /// The code exists but was consumed before: a replay. Nothing was written; the caller
-    /// revokes the grant.
+    /// The code exists but was consumed before: a replay, even if it has since expired or its
+    /// grant was revoked. Nothing was written; the caller revokes the grant.
     AlreadyConsumed {
         /// The grant to revoke.
         grant_id: GrantId,

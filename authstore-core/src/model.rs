@@ -61,11 +61,17 @@ macro_rules! id_type {
     };
 }
 
+/// One context for the process, so ids made in the same millisecond still sort in the order
+/// they were made (the audit log relies on it).
+static V7_CONTEXT: std::sync::Mutex<uuid::ContextV7> = std::sync::Mutex::new(uuid::ContextV7::new());
+
 fn new_v7(at: Timestamp) -> uuid::Uuid {
     let micros = at.as_unix_micros().max(0);
     let secs = u64::try_from(micros / 1_000_000).unwrap_or(0);
     let nanos = u32::try_from((micros % 1_000_000) * 1000).unwrap_or(0);
-    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos))
+    // A poisoned lock only means a panic elsewhere mid-call; the counter is still usable.
+    let ctx = V7_CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(&*ctx, secs, nanos))
 }
 
 id_type!(

@@ -1,0 +1,640 @@
+//! Unit tests of the trickiest parts, through the backend traits with hand-built records.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use authstore_core::backend::{
+    AuditStore, CleanupOptions, ClientStore, CodeConsumption, GrantStore, Maintenance,
+    RevokeOutcome, Rotation, RotationMode, TokenIssue,
+};
+use authstore_core::{
+    AccessToken, AuditContext, AuditEvent, AuditKind, AuditQuery, AuthContext, AuthorizationCode,
+    Client, ClientId, ClientType, Error, Grant, GrantId, GrantType, RedirectUri, RefreshToken,
+    Scopes, Subject, Timestamp, TokenEndpointAuthMethod, TokenHash, TokenLifetimes,
+};
+
+use crate::MemoryStore;
+
+const SEC: i64 = 1_000_000;
+const T0: Timestamp = Timestamp::from_unix_micros(1_800_000_000 * SEC);
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_unix_micros(T0.as_unix_micros() + secs * SEC)
+}
+
+fn h(n: u8) -> TokenHash {
+    let mut b = [0u8; 32];
+    b[0] = n;
+    b[31] = n;
+    TokenHash::from_bytes(b)
+}
+
+fn ev(kind: AuditKind, secs: i64) -> AuditEvent {
+    AuditEvent::new(kind, at(secs), &AuditContext::default())
+}
+
+fn subject() -> Subject {
+    Subject::new("alice").unwrap()
+}
+
+fn client() -> Client {
+    Client {
+        id: ClientId::new_at(T0),
+        name: "app".into(),
+        client_type: ClientType::Confidential,
+        redirect_uris: vec![RedirectUri::new("https://app.example/cb").unwrap()],
+        grant_types: BTreeSet::from([GrantType::AuthorizationCode, GrantType::RefreshToken]),
+        scopes: Scopes::parse("read write").unwrap(),
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
+        lifetimes: TokenLifetimes::default(),
+        metadata: serde_json::json!({}),
+        created_at: T0,
+        updated_at: T0,
+        disabled: false,
+    }
+}
+
+fn grant(c: &Client) -> Grant {
+    Grant {
+        id: GrantId::new_at(T0),
+        client_id: c.id,
+        subject: Some(subject()),
+        scope: Scopes::parse("read").unwrap(),
+        auth: AuthContext::default(),
+        created_at: T0,
+        revoked_at: None,
+    }
+}
+
+fn code(g: &Grant, expires: i64) -> AuthorizationCode {
+    AuthorizationCode {
+        grant_id: g.id,
+        client_id: g.client_id,
+        subject: subject(),
+        redirect_uri: RedirectUri::new("https://app.example/cb").unwrap(),
+        scope: g.scope.clone(),
+        code_challenge: None,
+        nonce: None,
+        issued_at: T0,
+        expires_at: at(expires),
+        consumed_at: None,
+    }
+}
+
+fn access(g: &Grant, issued: i64, expires: i64) -> AccessToken {
+    AccessToken {
+        grant_id: g.id,
+        client_id: g.client_id,
+        subject: g.subject.clone(),
+        scope: g.scope.clone(),
+        audience: vec![],
+        issued_at: at(issued),
+        expires_at: at(expires),
+        revoked_at: None,
+        cnf: None,
+        auth: AuthContext::default(),
+        claims: serde_json::json!({}),
+    }
+}
+
+fn refresh(g: &Grant, issued: i64, expires: i64) -> RefreshToken {
+    RefreshToken {
+        grant_id: g.id,
+        client_id: g.client_id,
+        subject: g.subject.clone(),
+        scope: g.scope.clone(),
+        issued_at: at(issued),
+        expires_at: at(expires),
+        idle_expires_at: at(expires),
+        rotated_at: None,
+        successor: None,
+        reuse_count: 0,
+        revoked_at: None,
+        cnf: None,
+    }
+}
+
+/// A store with one client and one grant holding access token `h(1)` and refresh `h(2)`.
+async fn store_with_tokens(access_expires: i64, refresh_expires: i64) -> (MemoryStore, Grant) {
+    let s = MemoryStore::new();
+    let c = client();
+    s.insert_client(&c, Some(&h(99)), ev(AuditKind::ClientCreated, 0))
+        .await
+        .unwrap();
+    let g = grant(&c);
+    let issue = TokenIssue {
+        new_grant: Some(g.clone()),
+        grant_id: g.id,
+        access: Some((h(1), access(&g, 0, access_expires))),
+        refresh: Some((h(2), refresh(&g, 0, refresh_expires))),
+    };
+    s.issue_tokens(&issue, ev(AuditKind::TokensIssued, 0))
+        .await
+        .unwrap();
+    (s, g)
+}
+
+async fn kinds(s: &MemoryStore) -> Vec<AuditKind> {
+    s.query_audit(&AuditQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[tokio::test]
+async fn code_is_consumed_exactly_once() {
+    let s = MemoryStore::new();
+    let c = client();
+    s.insert_client(&c, None, ev(AuditKind::ClientCreated, 0))
+        .await
+        .unwrap();
+    let g = grant(&c);
+    // Ids order events only to the millisecond: keep the events apart.
+    s.issue_code(&g, &h(1), &code(&g, 60), ev(AuditKind::CodeIssued, 1))
+        .await
+        .unwrap();
+
+    let first = s
+        .consume_code(&h(1), ev(AuditKind::CodeRedeemed, 10))
+        .await
+        .unwrap();
+    match first {
+        CodeConsumption::Consumed(c) => assert_eq!(c.consumed_at, Some(at(10))),
+        other => panic!("expected Consumed, got {other:?}"),
+    }
+    let again = s
+        .consume_code(&h(1), ev(AuditKind::CodeRedeemed, 11))
+        .await
+        .unwrap();
+    assert_eq!(again, CodeConsumption::AlreadyConsumed { grant_id: g.id });
+    // A replay after expiry is still a replay.
+    let late = s
+        .consume_code(&h(1), ev(AuditKind::CodeRedeemed, 100))
+        .await
+        .unwrap();
+    assert_eq!(late, CodeConsumption::AlreadyConsumed { grant_id: g.id });
+    assert_eq!(
+        s.consume_code(&h(7), ev(AuditKind::CodeRedeemed, 10))
+            .await
+            .unwrap(),
+        CodeConsumption::Inactive
+    );
+    // Only the winning redemption was logged.
+    assert_eq!(
+        kinds(&s).await,
+        [
+            AuditKind::ClientCreated,
+            AuditKind::CodeIssued,
+            AuditKind::CodeRedeemed
+        ]
+    );
+}
+
+#[tokio::test]
+async fn expired_or_revoked_codes_are_inactive_and_untouched() {
+    let s = MemoryStore::new();
+    let c = client();
+    s.insert_client(&c, None, ev(AuditKind::ClientCreated, 0))
+        .await
+        .unwrap();
+    let g = grant(&c);
+    s.issue_code(&g, &h(1), &code(&g, 60), ev(AuditKind::CodeIssued, 0))
+        .await
+        .unwrap();
+    // expires_at <= now is expired.
+    let r = s
+        .consume_code(&h(1), ev(AuditKind::CodeRedeemed, 60))
+        .await
+        .unwrap();
+    assert_eq!(r, CodeConsumption::Inactive);
+    // Still unconsumed: the grant's revocation makes it inactive too.
+    s.revoke_grant(g.id, ev(AuditKind::GrantRevoked, 1))
+        .await
+        .unwrap();
+    let r = s
+        .consume_code(&h(1), ev(AuditKind::CodeRedeemed, 2))
+        .await
+        .unwrap();
+    assert_eq!(r, CodeConsumption::Inactive);
+    // A disabled client's code cannot be issued.
+    let mut c2 = client();
+    c2.id = ClientId::new_at(at(1));
+    c2.disabled = true;
+    s.insert_client(&c2, None, ev(AuditKind::ClientCreated, 0))
+        .await
+        .unwrap();
+    let g2 = Grant {
+        id: GrantId::new_at(at(1)),
+        ..grant(&c2)
+    };
+    let err = s
+        .issue_code(&g2, &h(2), &code(&g2, 60), ev(AuditKind::CodeIssued, 0))
+        .await;
+    assert!(
+        matches!(err, Err(Error::Inactive { kind: "grant" })),
+        "{err:?}"
+    );
+    assert!(s.get_grant(g2.id).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_redeemers_have_one_winner() {
+    let s = Arc::new(MemoryStore::new());
+    let c = client();
+    s.insert_client(&c, None, ev(AuditKind::ClientCreated, 0))
+        .await
+        .unwrap();
+    let g = grant(&c);
+    s.issue_code(&g, &h(1), &code(&g, 60), ev(AuditKind::CodeIssued, 0))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.consume_code(&h(1), ev(AuditKind::CodeRedeemed, 5)).await })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            CodeConsumption::Consumed(_) => won += 1,
+            CodeConsumption::AlreadyConsumed { grant_id } => assert_eq!(grant_id, g.id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+fn rotation(g: &Grant, presented: TokenHash, mode: RotationMode, n: u8, now: i64) -> Rotation {
+    Rotation {
+        presented,
+        mode,
+        refresh: (h(n), refresh(g, now, 10_000)),
+        access: (h(n + 100), access(g, now, now + 60)),
+    }
+}
+
+#[tokio::test]
+async fn first_rotation_is_a_compare_and_set() {
+    let (s, g) = store_with_tokens(60, 1000).await;
+    let r = rotation(&g, h(2), RotationMode::First, 3, 10);
+    assert!(
+        s.rotate_refresh_token(&r, ev(AuditKind::RefreshRotated, 10))
+            .await
+            .unwrap()
+    );
+    let old = s.find_refresh_token(&h(2)).await.unwrap().unwrap().token;
+    assert_eq!(
+        (old.rotated_at, old.successor, old.reuse_count),
+        (Some(at(10)), Some(h(3)), 0)
+    );
+    assert!(s.find_refresh_token(&h(3)).await.unwrap().is_some());
+    assert!(
+        s.find_access_token(&h(103), at(11))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // The loser of a race changes nothing and logs nothing.
+    let r2 = rotation(&g, h(2), RotationMode::First, 4, 10);
+    assert!(
+        !s.rotate_refresh_token(&r2, ev(AuditKind::RefreshRotated, 10))
+            .await
+            .unwrap()
+    );
+    assert!(s.find_refresh_token(&h(4)).await.unwrap().is_none());
+    assert!(
+        s.find_access_token(&h(104), at(11))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let rotated = kinds(&s)
+        .await
+        .into_iter()
+        .filter(|k| *k == AuditKind::RefreshRotated)
+        .count();
+    assert_eq!(rotated, 1);
+
+    // Unknown presented token: false.
+    let r3 = rotation(&g, h(50), RotationMode::First, 5, 10);
+    assert!(
+        !s.rotate_refresh_token(&r3, ev(AuditKind::RefreshRotated, 10))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn grace_rotation_needs_a_recent_rotation() {
+    let (s, g) = store_with_tokens(60, 1000).await;
+    // Not rotated yet: grace reuse fails.
+    let grace = |since| RotationMode::Grace {
+        rotated_since: at(since),
+    };
+    let r = rotation(&g, h(2), grace(0), 3, 10);
+    assert!(
+        !s.rotate_refresh_token(&r, ev(AuditKind::RefreshGraceReuse, 10))
+            .await
+            .unwrap()
+    );
+
+    let r = rotation(&g, h(2), RotationMode::First, 3, 10);
+    assert!(
+        s.rotate_refresh_token(&r, ev(AuditKind::RefreshRotated, 10))
+            .await
+            .unwrap()
+    );
+
+    // rotated_at (10) >= rotated_since (10): within grace.
+    let r = rotation(&g, h(2), grace(10), 4, 12);
+    assert!(
+        s.rotate_refresh_token(&r, ev(AuditKind::RefreshGraceReuse, 12))
+            .await
+            .unwrap()
+    );
+    let old = s.find_refresh_token(&h(2)).await.unwrap().unwrap().token;
+    assert_eq!(
+        (old.rotated_at, old.successor, old.reuse_count),
+        (Some(at(10)), Some(h(3)), 1)
+    );
+    assert!(s.find_refresh_token(&h(4)).await.unwrap().is_some());
+
+    // rotated_at (10) < rotated_since (11): past the grace period.
+    let r = rotation(&g, h(2), grace(11), 5, 13);
+    assert!(
+        !s.rotate_refresh_token(&r, ev(AuditKind::RefreshGraceReuse, 13))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.find_refresh_token(&h(2))
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .reuse_count,
+        1
+    );
+    assert!(s.find_refresh_token(&h(5)).await.unwrap().is_none());
+
+    // A revoked grant fails the compare-and-set in either mode.
+    s.revoke_grant(g.id, ev(AuditKind::GrantRevoked, 14))
+        .await
+        .unwrap();
+    let r = rotation(&g, h(3), RotationMode::First, 6, 15);
+    assert!(
+        !s.rotate_refresh_token(&r, ev(AuditKind::RefreshRotated, 15))
+            .await
+            .unwrap()
+    );
+    let r = rotation(&g, h(2), grace(0), 7, 15);
+    assert!(
+        !s.rotate_refresh_token(&r, ev(AuditKind::RefreshGraceReuse, 15))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn cleanup_keeps_a_live_grants_refresh_token() {
+    // Access token expires at 60, refresh token at 10 000.
+    let (s, g) = store_with_tokens(60, 10_000).await;
+    let opts = CleanupOptions {
+        retention: Duration::from_secs(100),
+        ..CleanupOptions::default()
+    };
+
+    // At 150 the access token is dead for 90 s: less than the retention, nothing goes.
+    assert_eq!(s.cleanup(&opts, at(150)).await.unwrap().total(), 0);
+
+    // At 200 it has been dead for 140 s: it goes; the refresh token and grant stay.
+    let r = s.cleanup(&opts, at(200)).await.unwrap();
+    assert_eq!(
+        (r.access_tokens, r.refresh_tokens, r.grants, r.incomplete),
+        (1, 0, 0, false)
+    );
+    assert!(s.get_grant(g.id).await.unwrap().is_some());
+    let rt = s.find_refresh_token(&h(2)).await.unwrap().unwrap();
+    assert!(rt.grant.revoked_at.is_none());
+
+    // A rotated refresh token stays until its own expiry + retention.
+    let rot = rotation(&g, h(2), RotationMode::First, 3, 300);
+    assert!(
+        s.rotate_refresh_token(&rot, ev(AuditKind::RefreshRotated, 300))
+            .await
+            .unwrap()
+    );
+    let r = s.cleanup(&opts, at(5_000)).await.unwrap();
+    assert_eq!((r.access_tokens, r.refresh_tokens, r.grants), (1, 0, 0));
+    assert!(s.find_refresh_token(&h(2)).await.unwrap().is_some());
+
+    // Past every expiry + retention: tokens go, then the empty grant in the same run.
+    let r = s.cleanup(&opts, at(20_000)).await.unwrap();
+    assert_eq!((r.access_tokens, r.refresh_tokens, r.grants), (0, 2, 1));
+    assert!(s.get_grant(g.id).await.unwrap().is_none());
+    // Audit events stay.
+    assert!(s.query_audit(&AuditQuery::default()).await.unwrap().len() >= 3);
+}
+
+#[tokio::test]
+async fn cleanup_deletes_revoked_grants_whole_and_reports_incomplete() {
+    let (s, g) = store_with_tokens(10_000, 10_000).await;
+    s.revoke_grant(g.id, ev(AuditKind::GrantRevoked, 10))
+        .await
+        .unwrap();
+    let day = CleanupOptions::default();
+    // Revoked at 10; the grant waits out the retention.
+    assert_eq!(s.cleanup(&day, at(1000)).await.unwrap().total(), 0);
+    // Tokens are not revoked themselves and not expired: only the grant counts; its tokens
+    // go with it.
+    let r = s.cleanup(&day, at(10 + 86_400)).await.unwrap();
+    assert_eq!((r.access_tokens, r.refresh_tokens, r.grants), (0, 0, 1));
+    assert!(s.find_refresh_token(&h(2)).await.unwrap().is_none());
+    let st = s.stats(at(0)).await.unwrap();
+    assert_eq!(
+        (
+            st.access_tokens.active,
+            st.refresh_tokens.active,
+            st.grants.active
+        ),
+        (0, 0, 0)
+    );
+
+    // Batches: 5 dead codes, 2 per batch, at most 2 batches.
+    let c = client();
+    let s = MemoryStore::new();
+    s.insert_client(&c, None, ev(AuditKind::ClientCreated, 0))
+        .await
+        .unwrap();
+    for i in 0..5u8 {
+        let g = Grant {
+            id: GrantId::new_at(at(i64::from(i))),
+            ..grant(&c)
+        };
+        s.issue_code(&g, &h(i), &code(&g, 1), ev(AuditKind::CodeIssued, 0))
+            .await
+            .unwrap();
+    }
+    let opts = CleanupOptions {
+        retention: Duration::ZERO,
+        batch_size: 2,
+        max_batches: 2,
+    };
+    let r = s.cleanup(&opts, at(10)).await.unwrap();
+    assert_eq!(
+        (r.authorization_codes, r.grants, r.incomplete),
+        (4, 4, true)
+    );
+    let r = s.cleanup(&opts, at(10)).await.unwrap();
+    assert_eq!(
+        (r.authorization_codes, r.grants, r.incomplete),
+        (1, 1, false)
+    );
+    assert_eq!(s.stats(at(10)).await.unwrap().grants.active, 0);
+    let bad = CleanupOptions {
+        batch_size: 0,
+        ..opts
+    };
+    assert!(s.cleanup(&bad, at(10)).await.is_err());
+}
+
+#[tokio::test]
+async fn hot_path_checks_expiry_revocation_grant_and_client() {
+    let (s, g) = store_with_tokens(60, 1000).await;
+    assert!(s.find_access_token(&h(1), at(59)).await.unwrap().is_some());
+    assert!(s.find_access_token(&h(1), at(60)).await.unwrap().is_none());
+    assert!(s.find_access_token(&h(2), at(1)).await.unwrap().is_none());
+
+    let mut c = s.get_client(g.client_id).await.unwrap().unwrap();
+    c.disabled = true;
+    s.update_client(&c, ev(AuditKind::ClientDisabled, 1))
+        .await
+        .unwrap();
+    assert!(s.find_access_token(&h(1), at(1)).await.unwrap().is_none());
+    assert!(
+        s.find_refresh_token(&h(2))
+            .await
+            .unwrap()
+            .unwrap()
+            .client_disabled
+    );
+    c.disabled = false;
+    s.update_client(&c, ev(AuditKind::ClientEnabled, 2))
+        .await
+        .unwrap();
+    assert!(s.find_access_token(&h(1), at(2)).await.unwrap().is_some());
+
+    // Revoking the refresh token revokes the grant: the access token stops at once.
+    let other = ClientId::new_at(at(3));
+    let hash = h(2);
+    let wrong = s.revoke_refresh_token(&hash, Some(other), ev(AuditKind::RefreshTokenRevoked, 3));
+    assert_eq!(wrong.await.unwrap(), RevokeOutcome::WrongClient);
+    assert!(s.find_access_token(&h(1), at(3)).await.unwrap().is_some());
+    let out = s.revoke_refresh_token(
+        &hash,
+        Some(g.client_id),
+        ev(AuditKind::RefreshTokenRevoked, 3),
+    );
+    let out = out.await.unwrap();
+    assert!(matches!(
+        out,
+        RevokeOutcome::Revoked { grant_id } if grant_id == g.id
+    ));
+    assert!(s.find_access_token(&h(1), at(3)).await.unwrap().is_none());
+    // Issuing into the revoked grant fails and stores nothing.
+    let issue = TokenIssue {
+        new_grant: None,
+        grant_id: g.id,
+        access: Some((h(9), access(&g, 4, 60))),
+        refresh: None,
+    };
+    let err = s.issue_tokens(&issue, ev(AuditKind::TokensIssued, 4)).await;
+    assert!(
+        matches!(err, Err(Error::Inactive { kind: "grant" })),
+        "{err:?}"
+    );
+    assert_eq!(s.stats(at(4)).await.unwrap().access_tokens.revoked, 1);
+}
+
+#[tokio::test]
+async fn deleting_a_client_cascades_but_keeps_audit() {
+    let (s, g) = store_with_tokens(60, 1000).await;
+    assert!(
+        s.delete_client(g.client_id, ev(AuditKind::ClientDeleted, 5))
+            .await
+            .unwrap()
+    );
+    assert!(s.get_grant(g.id).await.unwrap().is_none());
+    assert!(s.find_refresh_token(&h(2)).await.unwrap().is_none());
+    let st = s.stats(at(5)).await.unwrap();
+    assert_eq!(
+        (st.clients, st.access_tokens.active, st.audit_events),
+        (0, 0, 3)
+    );
+    assert!(
+        !s.delete_client(g.client_id, ev(AuditKind::ClientDeleted, 6))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.stats(at(6)).await.unwrap().audit_events, 3);
+}
+
+/// `cargo test --release -p authstore-memory --lib -- --ignored --nocapture hot_path_speed`
+#[tokio::test]
+#[ignore = "timing: run in release mode by hand"]
+async fn hot_path_speed() {
+    let s = MemoryStore::new();
+    let c = client();
+    s.insert_client(&c, None, ev(AuditKind::ClientCreated, 0))
+        .await
+        .unwrap();
+    let n: u32 = 200_000;
+    let hash = spread_hash;
+    for i in 0..n {
+        let g = Grant {
+            id: GrantId::new_at(at(i64::from(i))),
+            ..grant(&c)
+        };
+        let issue = TokenIssue {
+            new_grant: Some(g.clone()),
+            grant_id: g.id,
+            access: Some((hash(i), access(&g, 0, 3600))),
+            refresh: None,
+        };
+        s.issue_tokens(&issue, ev(AuditKind::TokensIssued, 0))
+            .await
+            .unwrap();
+    }
+    let rounds = 1_000_000u32;
+    let start = std::time::Instant::now();
+    let mut found = 0u32;
+    for i in 0..rounds {
+        found += u32::from(
+            s.find_access_token(&hash(i % n), at(10))
+                .await
+                .unwrap()
+                .is_some(),
+        );
+    }
+    let per = start.elapsed() / rounds;
+    eprintln!("find_access_token: {per:?} per call over {n} tokens");
+    assert_eq!(found, rounds);
+}
+
+/// Uniformly spread bytes like a real keyed hash (splitmix64), cheaply.
+fn spread_hash(i: u32) -> TokenHash {
+    let mut b = [0u8; 32];
+    let mut x = u64::from(i).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    for chunk in b.chunks_mut(8) {
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    TokenHash::from_bytes(b)
+}
