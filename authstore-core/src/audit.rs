@@ -118,7 +118,11 @@ impl AuditEvent {
 
     /// The same event as another kind, with a fresh id (for outcomes a backend decides).
     pub fn with_kind(&self, kind: AuditKind) -> Self {
-        Self { id: AuditEventId::new_at(self.at), kind, ..self.clone() }
+        Self {
+            id: AuditEventId::new_at(self.at),
+            kind,
+            ..self.clone()
+        }
     }
 
     /// Sets the client.
@@ -182,7 +186,10 @@ impl AuditQuery {
     /// Whether `e` passes the filters (the reference semantics backends' queries follow).
     pub fn matches(&self, e: &AuditEvent) -> bool {
         self.kind.is_none_or(|k| e.kind == k)
-            && self.subject.as_ref().is_none_or(|s| e.subject.as_ref() == Some(s))
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|s| e.subject.as_ref() == Some(s))
             && self.client_id.is_none_or(|c| e.client_id == Some(c))
             && self.since.is_none_or(|t| e.at >= t)
             && self.until.is_none_or(|t| e.at < t)

@@ -23,7 +23,7 @@
 //!   revoked or whose client is disabled does not validate.
 //! - Validation reads never write.
 //! - Strings handed in have been validated by core (no NUL, bounded sizes); a backend must
-//!   still never panic on what it reads back, and returns [`Error::Backend`] for rows it
+//!   still never panic on what it reads back, and returns [`Error::Backend`](crate::Error::Backend) for rows it
 //!   cannot decode.
 //! - Inserting a record whose hash (or id) already exists fails with
 //!   [`Error::Conflict`](crate::Error::Conflict) and writes nothing: never a silent
@@ -181,8 +181,11 @@ pub trait GrantStore: Debug + Send + Sync + 'static {
     /// Of any number of concurrent callers presenting the same code exactly one gets
     /// [`CodeConsumption::Consumed`]; the others get `AlreadyConsumed` (the caller then
     /// revokes the grant). The event is written only for `Consumed`.
-    async fn consume_code(&self, code_hash: &TokenHash, audit: AuditEvent)
-    -> Result<CodeConsumption>;
+    async fn consume_code(
+        &self,
+        code_hash: &TokenHash,
+        audit: AuditEvent,
+    ) -> Result<CodeConsumption>;
 
     /// Stores tokens for a grant in one transaction (creating `new_grant` first if given).
     /// [`Error::Inactive`](crate::Error::Inactive) and nothing written if the grant is
@@ -195,8 +198,11 @@ pub trait GrantStore: Debug + Send + Sync + 'static {
     /// **The hot path.** One indexed read: the access token stored under `hash` if it is
     /// unexpired (`expires_at > now`), unrevoked, its grant unrevoked and its client
     /// enabled; otherwise `None`. Never writes.
-    async fn find_access_token(&self, hash: &TokenHash, now: Timestamp)
-    -> Result<Option<AccessToken>>;
+    async fn find_access_token(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+    ) -> Result<Option<AccessToken>>;
 
     /// The refresh token stored under `hash` in whatever state, with its grant and client
     /// state, or `None`. One read; never writes.
@@ -250,16 +256,23 @@ pub trait PatStore: Debug + Send + Sync + 'static {
 
     /// One read: the PAT under `hash` if unrevoked and unexpired (`expires_at` is `None` or
     /// `> now`), else `None`. Never writes.
-    async fn find_pat(&self, hash: &TokenHash, now: Timestamp)
-    -> Result<Option<PersonalAccessToken>>;
+    async fn find_pat(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+    ) -> Result<Option<PersonalAccessToken>>;
 
     /// A user's PATs, any state, ordered by id.
     async fn list_pats(&self, user: &Subject) -> Result<Vec<PersonalAccessToken>>;
 
     /// Revokes a PAT; `false` if it does not exist or belongs to another user than `user`
     /// (when given).
-    async fn revoke_pat(&self, id: PatId, user: Option<&Subject>, audit: AuditEvent)
-    -> Result<bool>;
+    async fn revoke_pat(
+        &self,
+        id: PatId,
+        user: Option<&Subject>,
+        audit: AuditEvent,
+    ) -> Result<bool>;
 
     /// Records last-used times in one batch (later times win; unknown ids are ignored). Not
     /// audited: it is bookkeeping, not a security change.
@@ -302,8 +315,11 @@ pub trait AuthorizationSessionStore: Debug + Send + Sync + 'static {
     ) -> Result<Option<AuthorizationSession>>;
 
     /// Ends a pending session now (sets `expires_at = now`); `false` if none was pending.
-    async fn expire_authorization_session(&self, hash: &TokenHash, audit: AuditEvent)
-    -> Result<bool>;
+    async fn expire_authorization_session(
+        &self,
+        hash: &TokenHash,
+        audit: AuditEvent,
+    ) -> Result<bool>;
 }
 
 /// Remembered consents.
@@ -347,7 +363,11 @@ pub struct CleanupOptions {
 
 impl Default for CleanupOptions {
     fn default() -> Self {
-        Self { retention: Duration::from_secs(86_400), batch_size: 1000, max_batches: 1000 }
+        Self {
+            retention: Duration::from_secs(86_400),
+            batch_size: 1000,
+            max_batches: 1000,
+        }
     }
 }
 
@@ -455,7 +475,13 @@ pub trait Maintenance: Debug + Send + Sync + 'static {
 /// Everything a backend provides; what [`Authstore`](crate::Authstore) holds as
 /// `Arc<dyn Backend>`. Implemented for every type that implements the parts.
 pub trait Backend:
-    ClientStore + GrantStore + PatStore + AuthorizationSessionStore + ConsentStore + AuditStore + Maintenance
+    ClientStore
+    + GrantStore
+    + PatStore
+    + AuthorizationSessionStore
+    + ConsentStore
+    + AuditStore
+    + Maintenance
 {
     /// The backend's name (`memory`, `sqlite`, …), for logs and errors.
     fn backend_name(&self) -> &'static str;

@@ -147,7 +147,10 @@ pub enum Error {
 impl Error {
     /// Builds an [`Error::InvalidInput`].
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::InvalidInput { field, reason: reason.into() }
+        Self::InvalidInput {
+            field,
+            reason: reason.into(),
+        }
     }
 
     /// Builds an [`Error::NotFound`].
@@ -161,12 +164,22 @@ impl Error {
         temporary: bool,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
-        Self::Backend { backend, temporary, source: source.into() }
+        Self::Backend {
+            backend,
+            temporary,
+            source: source.into(),
+        }
     }
 
     /// Whether retrying the same call later may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, Self::Backend { temporary: true, .. })
+        matches!(
+            self,
+            Self::Backend {
+                temporary: true,
+                ..
+            }
+        )
     }
 
     /// Whether this error means "treat the credential as absent" (inactive, replayed,

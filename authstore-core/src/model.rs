@@ -63,7 +63,8 @@ macro_rules! id_type {
 
 /// One context for the process, so ids made in the same millisecond still sort in the order
 /// they were made (the audit log relies on it).
-static V7_CONTEXT: std::sync::Mutex<uuid::ContextV7> = std::sync::Mutex::new(uuid::ContextV7::new());
+static V7_CONTEXT: std::sync::Mutex<uuid::ContextV7> =
+    std::sync::Mutex::new(uuid::ContextV7::new());
 
 fn new_v7(at: Timestamp) -> uuid::Uuid {
     let micros = at.as_unix_micros().max(0);
@@ -158,15 +159,26 @@ impl Scope {
     /// bytes.
     pub fn new(s: &str) -> Result<Self> {
         if s.is_empty() {
-            return Err(Error::invalid("scope", "empty scope token (two spaces in a row, or a leading or trailing space?)"));
-        }
-        if s.len() > 256 {
-            return Err(Error::invalid("scope", "a scope token is longer than 256 bytes"));
-        }
-        if let Some(c) = s.bytes().find(|&b| !(b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))) {
             return Err(Error::invalid(
                 "scope",
-                format!("byte 0x{c:02x} is not allowed in a scope token (RFC 6749 §3.3: printable ASCII except space, '\"' and '\\\\')"),
+                "empty scope token (two spaces in a row, or a leading or trailing space?)",
+            ));
+        }
+        if s.len() > 256 {
+            return Err(Error::invalid(
+                "scope",
+                "a scope token is longer than 256 bytes",
+            ));
+        }
+        if let Some(c) = s
+            .bytes()
+            .find(|&b| !(b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)))
+        {
+            return Err(Error::invalid(
+                "scope",
+                format!(
+                    "byte 0x{c:02x} is not allowed in a scope token (RFC 6749 §3.3: printable ASCII except space, '\"' and '\\\\')"
+                ),
             ));
         }
         Ok(Self(s.to_owned()))
@@ -206,18 +218,30 @@ impl Scopes {
         if s.len() > 8192 {
             return Err(Error::invalid("scope", "longer than 8192 bytes"));
         }
-        let set = s.split(' ').map(Scope::new).collect::<Result<BTreeSet<_>>>()?;
+        let set = s
+            .split(' ')
+            .map(Scope::new)
+            .collect::<Result<BTreeSet<_>>>()?;
         if set.len() > MAX_SCOPES {
-            return Err(Error::invalid("scope", format!("more than {MAX_SCOPES} scope tokens")));
+            return Err(Error::invalid(
+                "scope",
+                format!("more than {MAX_SCOPES} scope tokens"),
+            ));
         }
         Ok(Self(set))
     }
 
     /// Builds a set from scope tokens.
     pub fn from_tokens<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Result<Self> {
-        let set = tokens.into_iter().map(Scope::new).collect::<Result<BTreeSet<_>>>()?;
+        let set = tokens
+            .into_iter()
+            .map(Scope::new)
+            .collect::<Result<BTreeSet<_>>>()?;
         if set.len() > MAX_SCOPES {
-            return Err(Error::invalid("scope", format!("more than {MAX_SCOPES} scope tokens")));
+            return Err(Error::invalid(
+                "scope",
+                format!("more than {MAX_SCOPES} scope tokens"),
+            ));
         }
         Ok(Self(set))
     }
@@ -310,18 +334,33 @@ impl RedirectUri {
             return Err(Error::invalid(field, "longer than 2048 bytes"));
         }
         if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(Error::invalid(field, "contains whitespace, NUL or control characters"));
+            return Err(Error::invalid(
+                field,
+                "contains whitespace, NUL or control characters",
+            ));
         }
         let url = url::Url::parse(&s)
             .map_err(|e| Error::invalid(field, format!("not an absolute URI ({e})")))?;
         if s.contains('#') || url.fragment().is_some() {
-            return Err(Error::invalid(field, "must not contain a fragment (RFC 6749 §3.1.2)"));
+            return Err(Error::invalid(
+                field,
+                "must not contain a fragment (RFC 6749 §3.1.2)",
+            ));
         }
-        if matches!(url.scheme(), "javascript" | "data" | "vbscript" | "file" | "blob") {
-            return Err(Error::invalid(field, format!("scheme `{}` is not allowed", url.scheme())));
+        if matches!(
+            url.scheme(),
+            "javascript" | "data" | "vbscript" | "file" | "blob"
+        ) {
+            return Err(Error::invalid(
+                field,
+                format!("scheme `{}` is not allowed", url.scheme()),
+            ));
         }
         if url.cannot_be_a_base() && !url.scheme().contains('.') {
-            return Err(Error::invalid(field, "must be a hierarchical URI (or a private-use scheme such as com.example.app:/cb)"));
+            return Err(Error::invalid(
+                field,
+                "must be a hierarchical URI (or a private-use scheme such as com.example.app:/cb)",
+            ));
         }
         Ok(Self(s))
     }
@@ -468,7 +507,9 @@ mod opt_secs {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
     }
 }
@@ -518,25 +559,41 @@ impl Client {
     pub fn validate(&self) -> Result<()> {
         check_text("client name", &self.name, 200)?;
         if self.grant_types.is_empty() {
-            return Err(Error::invalid("grant_types", "a client needs at least one grant type"));
+            return Err(Error::invalid(
+                "grant_types",
+                "a client needs at least one grant type",
+            ));
         }
         match self.client_type {
             ClientType::Public => {
                 if self.grant_types.contains(&GrantType::ClientCredentials) {
-                    return Err(Error::invalid("grant_types", "a public client cannot use client_credentials (it has no secret)"));
+                    return Err(Error::invalid(
+                        "grant_types",
+                        "a public client cannot use client_credentials (it has no secret)",
+                    ));
                 }
                 if self.token_endpoint_auth_method != TokenEndpointAuthMethod::None {
-                    return Err(Error::invalid("token_endpoint_auth_method", "a public client must use `none`"));
+                    return Err(Error::invalid(
+                        "token_endpoint_auth_method",
+                        "a public client must use `none`",
+                    ));
                 }
             }
             ClientType::Confidential => {
                 if self.token_endpoint_auth_method == TokenEndpointAuthMethod::None {
-                    return Err(Error::invalid("token_endpoint_auth_method", "a confidential client must use client_secret_basic or client_secret_post"));
+                    return Err(Error::invalid(
+                        "token_endpoint_auth_method",
+                        "a confidential client must use client_secret_basic or client_secret_post",
+                    ));
                 }
             }
         }
-        if self.grant_types.contains(&GrantType::AuthorizationCode) && self.redirect_uris.is_empty() {
-            return Err(Error::invalid("redirect_uris", "the authorization_code grant needs at least one redirect URI"));
+        if self.grant_types.contains(&GrantType::AuthorizationCode) && self.redirect_uris.is_empty()
+        {
+            return Err(Error::invalid(
+                "redirect_uris",
+                "the authorization_code grant needs at least one redirect URI",
+            ));
         }
         if self.redirect_uris.len() > 32 {
             return Err(Error::invalid("redirect_uris", "at most 32 redirect URIs"));
@@ -593,7 +650,11 @@ impl NewClient {
 
     /// A public client (browser or native app) with one redirect URI.
     pub fn public(name: impl Into<String>, redirect_uri: RedirectUri) -> Self {
-        Self { client_type: ClientType::Public, redirect_uris: vec![redirect_uri], ..Self::confidential(name) }
+        Self {
+            client_type: ClientType::Public,
+            redirect_uris: vec![redirect_uri],
+            ..Self::confidential(name)
+        }
     }
 
     /// Adds a redirect URI.
@@ -695,7 +756,12 @@ impl SenderConstraint {
         let c = match kind {
             "jkt" => SenderConstraint::DpopJkt(value),
             "x5t#S256" => SenderConstraint::MtlsX5tS256(value),
-            other => return Err(Error::invalid("cnf", format!("unknown sender constraint kind {other:?}; expected jkt or x5t#S256"))),
+            other => {
+                return Err(Error::invalid(
+                    "cnf",
+                    format!("unknown sender constraint kind {other:?}; expected jkt or x5t#S256"),
+                ));
+            }
         };
         c.validate()?;
         Ok(c)
@@ -704,8 +770,15 @@ impl SenderConstraint {
     /// Checks the thumbprint: base64url, 43 characters (SHA-256).
     pub fn validate(&self) -> Result<()> {
         let v = self.value();
-        if v.len() != 43 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(Error::invalid("cnf", "thumbprint must be base64url SHA-256 (43 characters)"));
+        if v.len() != 43
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::invalid(
+                "cnf",
+                "thumbprint must be base64url SHA-256 (43 characters)",
+            ));
         }
         Ok(())
     }
@@ -745,9 +818,15 @@ impl PkceChallenge {
     pub fn s256(challenge: impl Into<String>) -> Result<Self> {
         let challenge = challenge.into();
         if challenge.len() != 43 || !challenge.bytes().all(is_unreserved) {
-            return Err(Error::invalid("code_challenge", "an S256 challenge is 43 base64url characters"));
+            return Err(Error::invalid(
+                "code_challenge",
+                "an S256 challenge is 43 base64url characters",
+            ));
         }
-        Ok(Self { challenge, method: PkceMethod::S256 })
+        Ok(Self {
+            challenge,
+            method: PkceMethod::S256,
+        })
     }
 
     /// Computes the S256 challenge of a verifier (for clients and tests).
@@ -774,7 +853,10 @@ fn is_unreserved(b: u8) -> bool {
 
 fn check_verifier(v: &str) -> Result<()> {
     if !(43..=128).contains(&v.len()) || !v.bytes().all(is_unreserved) {
-        return Err(Error::invalid("code_verifier", "43 to 128 characters of [A-Za-z0-9-._~] (RFC 7636 §4.1)"));
+        return Err(Error::invalid(
+            "code_verifier",
+            "43 to 128 characters of [A-Za-z0-9-._~] (RFC 7636 §4.1)",
+        ));
     }
     Ok(())
 }
@@ -788,7 +870,10 @@ fn base64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len() * 4 / 3 + 2);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
         let chars = chunk.len() + 1;
         for i in 0..chars {
             out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));

@@ -14,16 +14,15 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditContext, AuditEvent, AuditKind, AuditQuery};
 use crate::backend::{
-    Backend, CleanupOptions, CleanupReport, CodeConsumption, RevokeOutcome, Rotation,
-    RotationMode, Stats, TokenIssue,
+    Backend, CleanupOptions, CleanupReport, CodeConsumption, RevokeOutcome, Rotation, RotationMode,
+    Stats, TokenIssue,
 };
 use crate::error::{Error, Result};
 use crate::model::{
     AccessToken, AuthContext, AuthorizationCode, AuthorizationSession, Client, ClientId,
     ClientType, ClientUpdate, Consent, Grant, GrantId, GrantType, NewClient, PatId,
-    PersonalAccessToken, PkceChallenge, RefreshToken, RefreshTokenState, Scopes,
-    SenderConstraint, Subject, TokenEndpointAuthMethod, TokenLifetimes, check_opt_text,
-    check_required_text,
+    PersonalAccessToken, PkceChallenge, RefreshToken, RefreshTokenState, Scopes, SenderConstraint,
+    Subject, TokenEndpointAuthMethod, TokenLifetimes, check_opt_text, check_required_text,
 };
 use crate::secret::{
     AccessTokenSecret, AuthorizationSessionSecret, ClientSecret, CodeSecret, PatSecret,
@@ -110,7 +109,10 @@ const MAX_LIFETIME: Duration = Duration::from_secs(10 * 366 * 86_400);
 
 fn check_lifetime(name: &'static str, d: Duration) -> Result<()> {
     if d.is_zero() || d > MAX_LIFETIME {
-        return Err(Error::invalid(name, "a lifetime must be between 1 second and 10 years"));
+        return Err(Error::invalid(
+            name,
+            "a lifetime must be between 1 second and 10 years",
+        ));
     }
     Ok(())
 }
@@ -373,7 +375,10 @@ impl Authstore {
 
     /// A handle that records `ctx` (actor, address) in every audit event it writes.
     pub fn with_audit_context(&self, ctx: AuditContext) -> Self {
-        Self { audit: ctx, ..self.clone() }
+        Self {
+            audit: ctx,
+            ..self.clone()
+        }
     }
 
     /// The backend.
@@ -435,10 +440,12 @@ impl Authstore {
         } else {
             new.grant_types
         };
-        let method = new.token_endpoint_auth_method.unwrap_or(match new.client_type {
-            ClientType::Confidential => TokenEndpointAuthMethod::ClientSecretBasic,
-            ClientType::Public => TokenEndpointAuthMethod::None,
-        });
+        let method = new
+            .token_endpoint_auth_method
+            .unwrap_or(match new.client_type {
+                ClientType::Confidential => TokenEndpointAuthMethod::ClientSecretBasic,
+                ClientType::Public => TokenEndpointAuthMethod::None,
+            });
         check_client_lifetimes(&new.lifetimes)?;
         let client = Client {
             id: ClientId::new_at(now),
@@ -462,14 +469,22 @@ impl Authstore {
             }
             ClientType::Public => (None, None),
         };
-        let ev = self.event(AuditKind::ClientCreated, now).client(client.id).detail("name", client.name.clone());
-        self.backend.insert_client(&client, hash.as_ref(), ev).await?;
+        let ev = self
+            .event(AuditKind::ClientCreated, now)
+            .client(client.id)
+            .detail("name", client.name.clone());
+        self.backend
+            .insert_client(&client, hash.as_ref(), ev)
+            .await?;
         Ok(CreatedClient { client, secret })
     }
 
     /// The client. [`Error::NotFound`] if there is none.
     pub async fn client(&self, id: ClientId) -> Result<Client> {
-        self.backend.get_client(id).await?.ok_or_else(|| Error::not_found(format!("client {id}")))
+        self.backend
+            .get_client(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("client {id}")))
     }
 
     /// Clients ordered by id after `after`, at most `limit` (1 to 1000).
@@ -509,7 +524,9 @@ impl Authstore {
         c.validate()?;
         let now = self.now();
         c.updated_at = now;
-        self.backend.update_client(&c, self.event(AuditKind::ClientUpdated, now).client(id)).await?;
+        self.backend
+            .update_client(&c, self.event(AuditKind::ClientUpdated, now).client(id))
+            .await?;
         Ok(c)
     }
 
@@ -529,7 +546,9 @@ impl Authstore {
         let now = self.now();
         c.disabled = disabled;
         c.updated_at = now;
-        self.backend.update_client(&c, self.event(kind, now).client(id)).await?;
+        self.backend
+            .update_client(&c, self.event(kind, now).client(id))
+            .await?;
         Ok(c)
     }
 
@@ -538,12 +557,18 @@ impl Authstore {
     pub async fn rotate_client_secret(&self, id: ClientId) -> Result<ClientSecret> {
         let c = self.client(id).await?;
         if c.client_type == ClientType::Public {
-            return Err(Error::UnauthorizedClient { reason: "a public client has no secret".into() });
+            return Err(Error::UnauthorizedClient {
+                reason: "a public client has no secret".into(),
+            });
         }
         let (s, h) = self.mint(TokenKind::ClientSecret)?;
         let now = self.now();
         self.backend
-            .set_client_secret_hash(id, &h, self.event(AuditKind::ClientSecretRotated, now).client(id))
+            .set_client_secret_hash(
+                id,
+                &h,
+                self.event(AuditKind::ClientSecretRotated, now).client(id),
+            )
             .await?;
         Ok(ClientSecret::new(s))
     }
@@ -552,7 +577,9 @@ impl Authstore {
     /// wrong secret, public or disabled client all give [`Error::InvalidClient`].
     pub async fn verify_client_secret(&self, id: ClientId, presented: &str) -> Result<Client> {
         let well_formed = matches!(
-            self.config.token_format.check(TokenKind::ClientSecret, presented),
+            self.config
+                .token_format
+                .check(TokenKind::ClientSecret, presented),
             Ok(Presented::Minted)
         );
         // Hash even a malformed secret, so every failure costs about the same.
@@ -577,7 +604,11 @@ impl Authstore {
     /// authorization sessions). [`Error::NotFound`] if there is none.
     pub async fn delete_client(&self, id: ClientId) -> Result<()> {
         let now = self.now();
-        if self.backend.delete_client(id, self.event(AuditKind::ClientDeleted, now).client(id)).await? {
+        if self
+            .backend
+            .delete_client(id, self.event(AuditKind::ClientDeleted, now).client(id))
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::not_found(format!("client {id}")))
@@ -587,7 +618,9 @@ impl Authstore {
     async fn active_client(&self, id: ClientId) -> Result<Client> {
         let c = self.client(id).await?;
         if c.disabled {
-            return Err(Error::UnauthorizedClient { reason: format!("client {id} is disabled") });
+            return Err(Error::UnauthorizedClient {
+                reason: format!("client {id} is disabled"),
+            });
         }
         Ok(c)
     }
@@ -607,15 +640,26 @@ impl Authstore {
         let redirect_uri = client
             .redirect_uri(&req.redirect_uri)
             .cloned()
-            .ok_or_else(|| Error::invalid("redirect_uri", "not registered for this client (exact match required)"))?;
+            .ok_or_else(|| {
+                Error::invalid(
+                    "redirect_uri",
+                    "not registered for this client (exact match required)",
+                )
+            })?;
         check_scope_within(&req.scope, &client.scopes, "the client's allowed scopes")?;
         if client.client_type == ClientType::Public && req.code_challenge.is_none() {
-            return Err(Error::invalid("code_challenge", "PKCE (S256) is required for public clients"));
+            return Err(Error::invalid(
+                "code_challenge",
+                "PKCE (S256) is required for public clients",
+            ));
         }
         check_opt_text("nonce", req.nonce.as_deref(), 255)?;
         req.auth.validate()?;
         let now = self.now();
-        let lifetime = client.lifetimes.authorization_code.unwrap_or(self.config.lifetimes.authorization_code);
+        let lifetime = client
+            .lifetimes
+            .authorization_code
+            .unwrap_or(self.config.lifetimes.authorization_code);
         let grant = Grant {
             id: GrantId::new_at(now),
             client_id: client.id,
@@ -638,9 +682,17 @@ impl Authstore {
             consumed_at: None,
         };
         let (secret, hash) = self.mint(TokenKind::AuthorizationCode)?;
-        let ev = self.event(AuditKind::CodeIssued, now).client(client.id).grant(grant.id).subject(grant.subject.as_ref());
+        let ev = self
+            .event(AuditKind::CodeIssued, now)
+            .client(client.id)
+            .grant(grant.id)
+            .subject(grant.subject.as_ref());
         self.backend.issue_code(&grant, &hash, &code, ev).await?;
-        Ok(IssuedCode { code: CodeSecret::new(secret), grant_id: grant.id, expires_at: code.expires_at })
+        Ok(IssuedCode {
+            code: CodeSecret::new(secret),
+            grant_id: grant.id,
+            expires_at: code.expires_at,
+        })
     }
 
     /// Redeems an authorization code for tokens.
@@ -655,13 +707,19 @@ impl Authstore {
         let now = self.now();
         let mut consumed = None;
         for h in self.candidates(TokenKind::AuthorizationCode, r.code)? {
-            match self.backend.consume_code(&h, self.event(AuditKind::CodeRedeemed, now)).await? {
+            match self
+                .backend
+                .consume_code(&h, self.event(AuditKind::CodeRedeemed, now))
+                .await?
+            {
                 CodeConsumption::Consumed(code) => {
                     consumed = Some(code);
                     break;
                 }
                 CodeConsumption::AlreadyConsumed { grant_id } => {
-                    let ev = self.event(AuditKind::CodeReplayDetected, now).grant(grant_id);
+                    let ev = self
+                        .event(AuditKind::CodeReplayDetected, now)
+                        .grant(grant_id);
                     self.backend.revoke_grant(grant_id, ev).await?;
                     tracing::warn!(%grant_id, "authorization code replay: grant revoked");
                     return Err(Error::CodeReplay { grant_id });
@@ -671,16 +729,34 @@ impl Authstore {
                 _ => {}
             }
         }
-        let code = consumed.ok_or(Error::Inactive { kind: TokenKind::AuthorizationCode.name() })?;
+        let code = consumed.ok_or(Error::Inactive {
+            kind: TokenKind::AuthorizationCode.name(),
+        })?;
         if let Err(reason) = check_code_binding(&code, &r) {
-            let ev = self.event(AuditKind::GrantRevoked, now).grant(code.grant_id).detail("reason", reason);
+            let ev = self
+                .event(AuditKind::GrantRevoked, now)
+                .grant(code.grant_id)
+                .detail("reason", reason);
             self.backend.revoke_grant(code.grant_id, ev).await?;
             return Err(Error::InvalidGrant { reason });
         }
         let client = self.active_client(code.client_id).await?;
-        let grant = self.backend.get_grant(code.grant_id).await?.ok_or(Error::Inactive { kind: "grant" })?;
+        let grant = self
+            .backend
+            .get_grant(code.grant_id)
+            .await?
+            .ok_or(Error::Inactive { kind: "grant" })?;
         let with_refresh = client.allows_grant(GrantType::RefreshToken);
-        self.issue_into(&client, &grant, None, code.scope.clone(), with_refresh, r.options, now).await
+        self.issue_into(
+            &client,
+            &grant,
+            None,
+            code.scope.clone(),
+            with_refresh,
+            r.options,
+            now,
+        )
+        .await
     }
 
     /// Builds and stores tokens for `grant` (created first if `new_grant`).
@@ -695,13 +771,29 @@ impl Authstore {
         options: &TokenOptions,
         now: Timestamp,
     ) -> Result<IssuedTokens> {
-        let access_life = client.lifetimes.access_token.unwrap_or(self.config.lifetimes.access_token);
+        let access_life = client
+            .lifetimes
+            .access_token
+            .unwrap_or(self.config.lifetimes.access_token);
         let (at, at_hash) = self.mint(TokenKind::AccessToken)?;
-        let access = self.access_record(grant, scope.clone(), options, options.cnf.clone(), now, access_life);
+        let access = self.access_record(
+            grant,
+            scope.clone(),
+            options,
+            options.cnf.clone(),
+            now,
+            access_life,
+        );
         let refresh = if with_refresh {
             let (rt, rt_hash) = self.mint(TokenKind::RefreshToken)?;
-            let abs = client.lifetimes.refresh_token.unwrap_or(self.config.lifetimes.refresh_token);
-            let idle = client.lifetimes.refresh_idle.unwrap_or(self.config.lifetimes.refresh_idle);
+            let abs = client
+                .lifetimes
+                .refresh_token
+                .unwrap_or(self.config.lifetimes.refresh_token);
+            let idle = client
+                .lifetimes
+                .refresh_idle
+                .unwrap_or(self.config.lifetimes.refresh_idle);
             let expires_at = now.saturating_add(abs);
             let record = RefreshToken {
                 grant_id: grant.id,
@@ -783,7 +875,9 @@ impl Authstore {
     ) -> Result<IssuedTokens> {
         options.validate()?;
         let client = self.active_client(client_id).await?;
-        if !client.allows_grant(GrantType::ClientCredentials) || client.client_type != ClientType::Confidential {
+        if !client.allows_grant(GrantType::ClientCredentials)
+            || client.client_type != ClientType::Confidential
+        {
             return Err(Error::UnauthorizedClient {
                 reason: "the client may not use the client_credentials grant".into(),
             });
@@ -805,7 +899,16 @@ impl Authstore {
             created_at: now,
             revoked_at: None,
         };
-        self.issue_into(&client, &grant, Some(grant.clone()), scope, false, options, now).await
+        self.issue_into(
+            &client,
+            &grant,
+            Some(grant.clone()),
+            scope,
+            false,
+            options,
+            now,
+        )
+        .await
     }
 
     // ----- validation -----------------------------------------------------------------
@@ -824,7 +927,9 @@ impl Authstore {
                 return Ok(t);
             }
         }
-        Err(Error::Inactive { kind: TokenKind::AccessToken.name() })
+        Err(Error::Inactive {
+            kind: TokenKind::AccessToken.name(),
+        })
     }
 
     /// Introspects a refresh token (RFC 7662): the record if it is usable now (unexpired,
@@ -834,7 +939,9 @@ impl Authstore {
         let now = self.now();
         match self.find_refresh(token).await? {
             Some((_, s)) if refresh_usable(&s, now) && s.token.rotated_at.is_none() => Ok(s.token),
-            _ => Err(Error::Inactive { kind: TokenKind::RefreshToken.name() }),
+            _ => Err(Error::Inactive {
+                kind: TokenKind::RefreshToken.name(),
+            }),
         }
     }
 
@@ -860,14 +967,20 @@ impl Authstore {
     pub async fn refresh(&self, r: RefreshRequest<'_>) -> Result<IssuedTokens> {
         r.options.validate()?;
         let Some((hash, mut state)) = self.find_refresh(r.refresh_token).await? else {
-            return Err(Error::Inactive { kind: TokenKind::RefreshToken.name() });
+            return Err(Error::Inactive {
+                kind: TokenKind::RefreshToken.name(),
+            });
         };
         if state.token.client_id != r.client_id {
-            return Err(Error::InvalidGrant { reason: "the refresh token was issued to another client" });
+            return Err(Error::InvalidGrant {
+                reason: "the refresh token was issued to another client",
+            });
         }
         let client = self.active_client(r.client_id).await?;
         if !client.allows_grant(GrantType::RefreshToken) {
-            return Err(Error::UnauthorizedClient { reason: "the client may not use the refresh_token grant".into() });
+            return Err(Error::UnauthorizedClient {
+                reason: "the client may not use the refresh_token grant".into(),
+            });
         }
         let scope = match r.scope {
             Some(s) => {
@@ -876,8 +989,14 @@ impl Authstore {
             }
             None => state.token.scope.clone(),
         };
-        let access_life = client.lifetimes.access_token.unwrap_or(self.config.lifetimes.access_token);
-        let idle = client.lifetimes.refresh_idle.unwrap_or(self.config.lifetimes.refresh_idle);
+        let access_life = client
+            .lifetimes
+            .access_token
+            .unwrap_or(self.config.lifetimes.access_token);
+        let idle = client
+            .lifetimes
+            .refresh_idle
+            .unwrap_or(self.config.lifetimes.refresh_idle);
         let grace = self.config.refresh_grace;
         // A failed compare-and-set means another caller changed the token; re-read and
         // decide again. Two rounds settle every interleaving (first -> rotated -> grace or
@@ -886,11 +1005,15 @@ impl Authstore {
             let now = self.now();
             let t = &state.token;
             if t.revoked_at.is_some() || state.grant.revoked_at.is_some() || state.client_disabled {
-                return Err(Error::Inactive { kind: TokenKind::RefreshToken.name() });
+                return Err(Error::Inactive {
+                    kind: TokenKind::RefreshToken.name(),
+                });
             }
             let mode = match t.rotated_at {
                 Some(rotated_at) if !grace.is_zero() && now <= rotated_at.saturating_add(grace) => {
-                    RotationMode::Grace { rotated_since: now.saturating_sub(grace) }
+                    RotationMode::Grace {
+                        rotated_since: now.saturating_sub(grace),
+                    }
                 }
                 Some(_) => {
                     let grant_id = t.grant_id;
@@ -906,7 +1029,9 @@ impl Authstore {
                 None => RotationMode::First,
             };
             if now >= t.expires_at || now >= t.idle_expires_at {
-                return Err(Error::Inactive { kind: TokenKind::RefreshToken.name() });
+                return Err(Error::Inactive {
+                    kind: TokenKind::RefreshToken.name(),
+                });
             }
             let (new_rt, new_rt_hash) = self.mint(TokenKind::RefreshToken)?;
             let (new_at, new_at_hash) = self.mint(TokenKind::AccessToken)?;
@@ -924,12 +1049,23 @@ impl Authstore {
                 revoked_at: None,
                 cnf: t.cnf.clone(),
             };
-            let access = self.access_record(&state.grant, scope.clone(), r.options, t.cnf.clone(), now, access_life);
+            let access = self.access_record(
+                &state.grant,
+                scope.clone(),
+                r.options,
+                t.cnf.clone(),
+                now,
+                access_life,
+            );
             let kind = match mode {
                 RotationMode::First => AuditKind::RefreshRotated,
                 RotationMode::Grace { .. } => AuditKind::RefreshGraceReuse,
             };
-            let ev = self.event(kind, now).client(t.client_id).grant(t.grant_id).subject(t.subject.as_ref());
+            let ev = self
+                .event(kind, now)
+                .client(t.client_id)
+                .grant(t.grant_id)
+                .subject(t.subject.as_ref());
             let rotation = Rotation {
                 presented: hash,
                 mode,
@@ -952,9 +1088,13 @@ impl Authstore {
                 .backend
                 .find_refresh_token(&hash)
                 .await?
-                .ok_or(Error::Inactive { kind: TokenKind::RefreshToken.name() })?;
+                .ok_or(Error::Inactive {
+                    kind: TokenKind::RefreshToken.name(),
+                })?;
         }
-        Err(Error::Inactive { kind: TokenKind::RefreshToken.name() })
+        Err(Error::Inactive {
+            kind: TokenKind::RefreshToken.name(),
+        })
     }
 
     // ----- revocation -----------------------------------------------------------------
@@ -971,7 +1111,10 @@ impl Authstore {
         client: Option<ClientId>,
     ) -> Result<RevokeOutcome> {
         let fmt = &self.config.token_format;
-        let order = match (fmt.check(TokenKind::AccessToken, token), fmt.check(TokenKind::RefreshToken, token)) {
+        let order = match (
+            fmt.check(TokenKind::AccessToken, token),
+            fmt.check(TokenKind::RefreshToken, token),
+        ) {
             (Ok(Presented::Minted), _) => vec![TokenTypeHint::AccessToken],
             (_, Ok(Presented::Minted)) => vec![TokenTypeHint::RefreshToken],
             (Ok(Presented::Foreign), Ok(Presented::Foreign)) => {
@@ -979,7 +1122,9 @@ impl Authstore {
                     return Ok(RevokeOutcome::NotFound);
                 }
                 match hint {
-                    Some(TokenTypeHint::RefreshToken) => vec![TokenTypeHint::RefreshToken, TokenTypeHint::AccessToken],
+                    Some(TokenTypeHint::RefreshToken) => {
+                        vec![TokenTypeHint::RefreshToken, TokenTypeHint::AccessToken]
+                    }
                     _ => vec![TokenTypeHint::AccessToken, TokenTypeHint::RefreshToken],
                 }
             }
@@ -987,16 +1132,29 @@ impl Authstore {
             (_, Err(e)) => return Err(e),
         };
         let now = self.now();
-        let hashes: Vec<TokenHash> =
-            std::iter::once(self.keys.hash(token)).chain(self.keys.older_hashes(token)).collect();
+        let hashes: Vec<TokenHash> = std::iter::once(self.keys.hash(token))
+            .chain(self.keys.older_hashes(token))
+            .collect();
         for kind in order {
             for h in &hashes {
                 let out = match kind {
                     TokenTypeHint::AccessToken => {
-                        self.backend.revoke_access_token(h, client, self.event(AuditKind::AccessTokenRevoked, now)).await?
+                        self.backend
+                            .revoke_access_token(
+                                h,
+                                client,
+                                self.event(AuditKind::AccessTokenRevoked, now),
+                            )
+                            .await?
                     }
                     TokenTypeHint::RefreshToken => {
-                        self.backend.revoke_refresh_token(h, client, self.event(AuditKind::RefreshTokenRevoked, now)).await?
+                        self.backend
+                            .revoke_refresh_token(
+                                h,
+                                client,
+                                self.event(AuditKind::RefreshTokenRevoked, now),
+                            )
+                            .await?
                     }
                 };
                 if out != RevokeOutcome::NotFound {
@@ -1011,7 +1169,11 @@ impl Authstore {
     /// [`Error::NotFound`] if there is no such grant.
     pub async fn revoke_grant(&self, id: GrantId) -> Result<()> {
         let now = self.now();
-        if self.backend.revoke_grant(id, self.event(AuditKind::GrantRevoked, now).grant(id)).await? {
+        if self
+            .backend
+            .revoke_grant(id, self.event(AuditKind::GrantRevoked, now).grant(id))
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::not_found(format!("grant {id}")))
@@ -1020,20 +1182,33 @@ impl Authstore {
 
     /// The grant, revoked or not. [`Error::NotFound`] if there is none.
     pub async fn grant(&self, id: GrantId) -> Result<Grant> {
-        self.backend.get_grant(id).await?.ok_or_else(|| Error::not_found(format!("grant {id}")))
+        self.backend
+            .get_grant(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("grant {id}")))
     }
 
     /// Revokes every grant of a client (one set-based statement); returns how many.
     pub async fn revoke_client_grants(&self, client: ClientId) -> Result<u64> {
         let now = self.now();
-        self.backend.revoke_grants_by_client(client, self.event(AuditKind::ClientGrantsRevoked, now).client(client)).await
+        self.backend
+            .revoke_grants_by_client(
+                client,
+                self.event(AuditKind::ClientGrantsRevoked, now)
+                    .client(client),
+            )
+            .await
     }
 
     /// Revokes every grant of a subject: log out everywhere. Returns how many.
     pub async fn revoke_subject_grants(&self, subject: &Subject) -> Result<u64> {
         let now = self.now();
         self.backend
-            .revoke_grants_by_subject(subject, self.event(AuditKind::SubjectGrantsRevoked, now).subject(Some(subject)))
+            .revoke_grants_by_subject(
+                subject,
+                self.event(AuditKind::SubjectGrantsRevoked, now)
+                    .subject(Some(subject)),
+            )
             .await
     }
 
@@ -1044,7 +1219,9 @@ impl Authstore {
     pub async fn store_foreign_tokens(&self, t: ForeignTokens<'_>) -> Result<GrantId> {
         if !self.config.accept_foreign_tokens {
             return Err(Error::Config {
-                reason: "storing tokens minted elsewhere needs Config::accept_foreign_tokens = true".into(),
+                reason:
+                    "storing tokens minted elsewhere needs Config::accept_foreign_tokens = true"
+                        .into(),
             });
         }
         self.check_presented(TokenKind::AccessToken, t.access_token)?;
@@ -1065,7 +1242,10 @@ impl Authstore {
                 check_lifetime("expires_in", d)?;
                 d
             }
-            None => client.lifetimes.access_token.unwrap_or(self.config.lifetimes.access_token),
+            None => client
+                .lifetimes
+                .access_token
+                .unwrap_or(self.config.lifetimes.access_token),
         };
         let grant = Grant {
             id: GrantId::new_at(now),
@@ -1076,10 +1256,23 @@ impl Authstore {
             created_at: now,
             revoked_at: None,
         };
-        let access = self.access_record(&grant, scope.clone(), &TokenOptions::default(), None, now, access_life);
+        let access = self.access_record(
+            &grant,
+            scope.clone(),
+            &TokenOptions::default(),
+            None,
+            now,
+            access_life,
+        );
         let refresh = t.refresh_token.map(|rt| {
-            let abs = client.lifetimes.refresh_token.unwrap_or(self.config.lifetimes.refresh_token);
-            let idle = client.lifetimes.refresh_idle.unwrap_or(self.config.lifetimes.refresh_idle);
+            let abs = client
+                .lifetimes
+                .refresh_token
+                .unwrap_or(self.config.lifetimes.refresh_token);
+            let idle = client
+                .lifetimes
+                .refresh_idle
+                .unwrap_or(self.config.lifetimes.refresh_idle);
             let expires_at = now.saturating_add(abs);
             let record = RefreshToken {
                 grant_id: grant.id,
@@ -1157,9 +1350,15 @@ impl Authstore {
             revoked_at: None,
         };
         let (secret, hash) = self.mint(TokenKind::PersonalAccessToken)?;
-        let ev = self.event(AuditKind::PatIssued, now).subject(Some(&pat.user)).detail("pat_id", pat.id.to_string());
+        let ev = self
+            .event(AuditKind::PatIssued, now)
+            .subject(Some(&pat.user))
+            .detail("pat_id", pat.id.to_string());
         self.backend.insert_pat(&hash, &pat, ev).await?;
-        Ok(IssuedPat { pat, secret: PatSecret::new(secret) })
+        Ok(IssuedPat {
+            pat,
+            secret: PatSecret::new(secret),
+        })
     }
 
     /// Validates a personal access token (one hash, one read). The last-used time is
@@ -1174,7 +1373,9 @@ impl Authstore {
                 break;
             }
         }
-        let pat = found.ok_or(Error::Inactive { kind: TokenKind::PersonalAccessToken.name() })?;
+        let pat = found.ok_or(Error::Inactive {
+            kind: TokenKind::PersonalAccessToken.name(),
+        })?;
         // A poisoned buffer only means another thread panicked mid-insert; the map is still
         // a valid map of timestamps.
         let mut buf = self.pat_usage.lock().unwrap_or_else(|p| p.into_inner());
@@ -1218,7 +1419,10 @@ impl Authstore {
     /// [`Error::NotFound`] otherwise.
     pub async fn revoke_pat(&self, id: PatId, user: Option<&Subject>) -> Result<()> {
         let now = self.now();
-        let ev = self.event(AuditKind::PatRevoked, now).subject(user).detail("pat_id", id.to_string());
+        let ev = self
+            .event(AuditKind::PatRevoked, now)
+            .subject(user)
+            .detail("pat_id", id.to_string());
         if self.backend.revoke_pat(id, user, ev).await? {
             Ok(())
         } else {
@@ -1244,10 +1448,18 @@ impl Authstore {
         let redirect_uri = client
             .redirect_uri(&req.redirect_uri)
             .cloned()
-            .ok_or_else(|| Error::invalid("redirect_uri", "not registered for this client (exact match required)"))?;
+            .ok_or_else(|| {
+                Error::invalid(
+                    "redirect_uri",
+                    "not registered for this client (exact match required)",
+                )
+            })?;
         check_scope_within(&req.scope, &client.scopes, "the client's allowed scopes")?;
         if client.client_type == ClientType::Public && req.code_challenge.is_none() {
-            return Err(Error::invalid("code_challenge", "PKCE (S256) is required for public clients"));
+            return Err(Error::invalid(
+                "code_challenge",
+                "PKCE (S256) is required for public clients",
+            ));
         }
         check_opt_text("state", req.state.as_deref(), 2048)?;
         check_opt_text("nonce", req.nonce.as_deref(), 255)?;
@@ -1265,8 +1477,12 @@ impl Authstore {
             completed_at: None,
         };
         let (secret, hash) = self.mint(TokenKind::AuthorizationSession)?;
-        let ev = self.event(AuditKind::AuthorizationSessionCreated, now).client(client.id);
-        self.backend.insert_authorization_session(&hash, &session, ev).await?;
+        let ev = self
+            .event(AuditKind::AuthorizationSessionCreated, now)
+            .client(client.id);
+        self.backend
+            .insert_authorization_session(&hash, &session, ev)
+            .await?;
         Ok((session, AuthorizationSessionSecret::new(secret)))
     }
 
@@ -1278,7 +1494,9 @@ impl Authstore {
                 return Ok(s);
             }
         }
-        Err(Error::Inactive { kind: TokenKind::AuthorizationSession.name() })
+        Err(Error::Inactive {
+            kind: TokenKind::AuthorizationSession.name(),
+        })
     }
 
     /// Records who logged in for a pending session. A session's subject cannot change once
@@ -1286,17 +1504,28 @@ impl Authstore {
     pub async fn attach_subject(&self, handle: &str, subject: &Subject) -> Result<()> {
         let now = self.now();
         for h in self.candidates(TokenKind::AuthorizationSession, handle)? {
-            let ev = self.event(AuditKind::AuthorizationSessionSubject, now).subject(Some(subject));
-            if self.backend.set_authorization_session_subject(&h, subject, ev).await? {
+            let ev = self
+                .event(AuditKind::AuthorizationSessionSubject, now)
+                .subject(Some(subject));
+            if self
+                .backend
+                .set_authorization_session_subject(&h, subject, ev)
+                .await?
+            {
                 return Ok(());
             }
         }
-        Err(Error::Inactive { kind: TokenKind::AuthorizationSession.name() })
+        Err(Error::Inactive {
+            kind: TokenKind::AuthorizationSession.name(),
+        })
     }
 
     /// Completes a pending session that has a subject, exactly once (compare-and-set): the
     /// caller then issues the code. [`Error::Inactive`] for every other caller.
-    pub async fn complete_authorization_session(&self, handle: &str) -> Result<AuthorizationSession> {
+    pub async fn complete_authorization_session(
+        &self,
+        handle: &str,
+    ) -> Result<AuthorizationSession> {
         let now = self.now();
         for h in self.candidates(TokenKind::AuthorizationSession, handle)? {
             let ev = self.event(AuditKind::AuthorizationSessionCompleted, now);
@@ -1304,7 +1533,9 @@ impl Authstore {
                 return Ok(s);
             }
         }
-        Err(Error::Inactive { kind: TokenKind::AuthorizationSession.name() })
+        Err(Error::Inactive {
+            kind: TokenKind::AuthorizationSession.name(),
+        })
     }
 
     /// Ends a pending session now (the user cancelled). [`Error::Inactive`] if none pending.
@@ -1316,18 +1547,29 @@ impl Authstore {
                 return Ok(());
             }
         }
-        Err(Error::Inactive { kind: TokenKind::AuthorizationSession.name() })
+        Err(Error::Inactive {
+            kind: TokenKind::AuthorizationSession.name(),
+        })
     }
 
     // ----- consents -------------------------------------------------------------------
 
     /// Records that `subject` granted `scope` to `client`, adding to what was granted before.
-    pub async fn record_consent(&self, client: ClientId, subject: &Subject, scope: &Scopes) -> Result<Consent> {
+    pub async fn record_consent(
+        &self,
+        client: ClientId,
+        subject: &Subject,
+        scope: &Scopes,
+    ) -> Result<Consent> {
         let c = self.client(client).await?;
         check_scope_within(scope, &c.scopes, "the client's allowed scopes")?;
         let now = self.now();
         let consent = match self.backend.get_consent(client, subject).await? {
-            Some(old) => Consent { scope: old.scope.union(scope), updated_at: now, ..old },
+            Some(old) => Consent {
+                scope: old.scope.union(scope),
+                updated_at: now,
+                ..old
+            },
             None => Consent {
                 client_id: client,
                 subject: subject.clone(),
@@ -1354,7 +1596,10 @@ impl Authstore {
     /// Returns whether a consent existed.
     pub async fn revoke_consent(&self, client: ClientId, subject: &Subject) -> Result<bool> {
         let now = self.now();
-        let ev = self.event(AuditKind::ConsentRevoked, now).client(client).subject(Some(subject));
+        let ev = self
+            .event(AuditKind::ConsentRevoked, now)
+            .client(client)
+            .subject(Some(subject));
         self.backend.delete_consent(client, subject, ev).await
     }
 
@@ -1424,10 +1669,15 @@ fn check_scope_within(requested: &Scopes, allowed: &Scopes, what: &str) -> Resul
         return Ok(());
     }
     let extra: Vec<&str> = requested.iter().filter(|s| !allowed.contains(s)).collect();
-    Err(Error::InvalidScope { reason: format!("{} exceed {what}", extra.join(" ")) })
+    Err(Error::InvalidScope {
+        reason: format!("{} exceed {what}", extra.join(" ")),
+    })
 }
 
-fn check_code_binding(code: &AuthorizationCode, r: &CodeRedemption<'_>) -> std::result::Result<(), &'static str> {
+fn check_code_binding(
+    code: &AuthorizationCode,
+    r: &CodeRedemption<'_>,
+) -> std::result::Result<(), &'static str> {
     if code.client_id != r.client_id {
         return Err("the code was issued to another client");
     }
@@ -1442,7 +1692,9 @@ fn check_code_binding(code: &AuthorizationCode, r: &CodeRedemption<'_>) -> std::
         (Some(c), Some(v)) if c.verify(v) => Ok(()),
         (Some(_), Some(_)) => Err("PKCE verification failed"),
         (Some(_), None) => Err("code_verifier is required: a code_challenge was sent"),
-        (None, Some(_)) => Err("code_verifier sent for a code issued without code_challenge (PKCE downgrade)"),
+        (None, Some(_)) => {
+            Err("code_verifier sent for a code issued without code_challenge (PKCE downgrade)")
+        }
         (None, None) => Ok(()),
     }
 }
@@ -1474,8 +1726,19 @@ mod tests {
         send(s.validate_access_token(""));
         send(s.validate_pat(""));
         send(s.introspect_refresh_token(""));
-        send(s.refresh(RefreshRequest { refresh_token: "", client_id: c, scope: None, options: o }));
-        send(s.redeem_code(CodeRedemption { code: "", client_id: c, redirect_uri: None, code_verifier: None, options: o }));
+        send(s.refresh(RefreshRequest {
+            refresh_token: "",
+            client_id: c,
+            scope: None,
+            options: o,
+        }));
+        send(s.redeem_code(CodeRedemption {
+            code: "",
+            client_id: c,
+            redirect_uri: None,
+            code_verifier: None,
+            options: o,
+        }));
         send(s.revoke_token("", None, None));
         send(s.issue_client_credentials(c, None, o));
         send(s.authorization_session(""));

@@ -120,7 +120,10 @@ impl TokenFormat {
             Some(d) => format!("{d}_{}_", k.prefix()),
             None => format!("{}_", k.prefix()),
         });
-        Self { deployment, prefixes }
+        Self {
+            deployment,
+            prefixes,
+        }
     }
 
     /// With a deployment prefix: tokens read `<prefix>_at_…`. The prefix is 1 to 16 lowercase
@@ -128,7 +131,9 @@ impl TokenFormat {
     pub fn with_deployment_prefix(prefix: &str) -> Result<Self> {
         let ok = !prefix.is_empty()
             && prefix.len() <= 16
-            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !ok {
             return Err(Error::Config {
                 reason: format!(
@@ -166,7 +171,10 @@ impl TokenFormat {
     /// a well-formed token of `kind` with a valid checksum. Anything else is
     /// [`Presented::Foreign`].
     pub fn check(&self, kind: TokenKind, s: &str) -> Result<Presented> {
-        let malformed = |reason| Error::MalformedToken { kind: kind.name(), reason };
+        let malformed = |reason| Error::MalformedToken {
+            kind: kind.name(),
+            reason,
+        };
         if s.is_empty() {
             return Err(malformed("empty"));
         }
@@ -178,18 +186,23 @@ impl TokenFormat {
         }
         let expected = self.full_prefix(kind);
         if let Some(rest) = s.strip_prefix(expected) {
-            if rest.len() != BODY_LEN + CHECK_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            if rest.len() != BODY_LEN + CHECK_LEN
+                || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
             {
                 return Err(malformed("wrong length or characters after the prefix"));
             }
             let (signed, check) = s.split_at(s.len() - CHECK_LEN);
             if checksum(signed.as_bytes()) != check {
-                return Err(malformed("checksum does not match (mistyped or truncated token)"));
+                return Err(malformed(
+                    "checksum does not match (mistyped or truncated token)",
+                ));
             }
             return Ok(Presented::Minted);
         }
         if self.looks_like_ours(s) {
-            return Err(malformed("prefix is for another kind of token or deployment"));
+            return Err(malformed(
+                "prefix is for another kind of token or deployment",
+            ));
         }
         Ok(Presented::Foreign)
     }
@@ -198,7 +211,9 @@ impl TokenFormat {
     /// deployment prefix, or `[<anything>_]<kind>_<49 alphanumerics>`.
     fn looks_like_ours(&self, s: &str) -> bool {
         if let Some(d) = &self.deployment {
-            if s.strip_prefix(d.as_str()).is_some_and(|r| r.starts_with('_')) {
+            if s.strip_prefix(d.as_str())
+                .is_some_and(|r| r.starts_with('_'))
+            {
                 return true;
             }
         }
@@ -213,7 +228,9 @@ impl TokenFormat {
         body.bytes().all(|b| b.is_ascii_alphanumeric())
             && TokenKind::ALL.iter().any(|k| {
                 head == k.prefix()
-                    || head.strip_suffix(k.prefix()).is_some_and(|h| h.ends_with('_'))
+                    || head
+                        .strip_suffix(k.prefix())
+                        .is_some_and(|h| h.ends_with('_'))
             })
     }
 }
@@ -274,9 +291,9 @@ impl TokenHash {
 
     /// From a slice, as read back from storage; fails unless it is 32 bytes.
     pub fn from_slice(b: &[u8]) -> Result<Self> {
-        <[u8; 32]>::try_from(b)
-            .map(Self)
-            .map_err(|_| Error::invalid("token hash", format!("expected 32 bytes, got {}", b.len())))
+        <[u8; 32]>::try_from(b).map(Self).map_err(|_| {
+            Error::invalid("token hash", format!("expected 32 bytes, got {}", b.len()))
+        })
     }
 
     /// Compares in constant time.
@@ -288,7 +305,11 @@ impl TokenHash {
 impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A keyed hash is not a secret, but a short prefix is all anyone needs to read.
-        write!(f, "TokenHash({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "TokenHash({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -301,7 +322,10 @@ pub struct TokenKey {
 
 impl fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenKey").field("id", &self.id).field("key", &"[redacted]").finish()
+        f.debug_struct("TokenKey")
+            .field("id", &self.id)
+            .field("key", &"[redacted]")
+            .finish()
     }
 }
 
@@ -314,7 +338,10 @@ impl TokenKey {
                 reason: format!("token key id {id:?} must be 1 to 64 printable ASCII characters"),
             });
         }
-        Ok(Self { id: id.to_owned(), key: Zeroizing::new(key) })
+        Ok(Self {
+            id: id.to_owned(),
+            key: Zeroizing::new(key),
+        })
     }
 
     /// A key from 64 hex digits (as kept in a key file or environment variable).
@@ -375,7 +402,10 @@ pub struct TokenKeyring {
 impl TokenKeyring {
     /// A ring with one key.
     pub fn new(active: TokenKey) -> Self {
-        Self { active, older: Vec::new() }
+        Self {
+            active,
+            older: Vec::new(),
+        }
     }
 
     /// A ring with an active key and older keys still accepted for lookup, newest first.
@@ -383,7 +413,9 @@ impl TokenKeyring {
         let mut ids = std::collections::HashSet::new();
         for k in std::iter::once(&active).chain(&older) {
             if !ids.insert(k.id.as_str()) {
-                return Err(Error::Config { reason: format!("token key id {:?} appears twice", k.id) });
+                return Err(Error::Config {
+                    reason: format!("token key id {:?} appears twice", k.id),
+                });
             }
         }
         Ok(Self { active, older })
@@ -421,18 +453,30 @@ mod tests {
         let t = f.mint(TokenKind::AccessToken).unwrap();
         assert!(t.starts_with("at_"));
         assert_eq!(t.len(), 3 + BODY_LEN + CHECK_LEN);
-        assert_eq!(f.check(TokenKind::AccessToken, &t).unwrap(), Presented::Minted);
+        assert_eq!(
+            f.check(TokenKind::AccessToken, &t).unwrap(),
+            Presented::Minted
+        );
         // Wrong kind.
-        assert!(matches!(f.check(TokenKind::RefreshToken, &t), Err(Error::MalformedToken { .. })));
+        assert!(matches!(
+            f.check(TokenKind::RefreshToken, &t),
+            Err(Error::MalformedToken { .. })
+        ));
         // One character changed: checksum fails.
         let mut bad = t.to_string();
         let last = bad.pop().unwrap();
         bad.push(if last == 'a' { 'b' } else { 'a' });
-        assert!(matches!(f.check(TokenKind::AccessToken, &bad), Err(Error::MalformedToken { .. })));
+        assert!(matches!(
+            f.check(TokenKind::AccessToken, &bad),
+            Err(Error::MalformedToken { .. })
+        ));
         // Truncated.
         assert!(f.check(TokenKind::AccessToken, &t[..t.len() - 1]).is_err());
         // Foreign strings pass the format check.
-        assert_eq!(f.check(TokenKind::AccessToken, "eyJhbGciOi.x.y").unwrap(), Presented::Foreign);
+        assert_eq!(
+            f.check(TokenKind::AccessToken, "eyJhbGciOi.x.y").unwrap(),
+            Presented::Foreign
+        );
         assert!(f.check(TokenKind::AccessToken, "").is_err());
         assert!(f.check(TokenKind::AccessToken, "a\0b").is_err());
         assert!(f.check(TokenKind::AccessToken, &"x".repeat(4097)).is_err());
@@ -443,7 +487,10 @@ mod tests {
         let f = TokenFormat::with_deployment_prefix("acme").unwrap();
         let t = f.mint(TokenKind::RefreshToken).unwrap();
         assert!(t.starts_with("acme_rt_"));
-        assert_eq!(f.check(TokenKind::RefreshToken, &t).unwrap(), Presented::Minted);
+        assert_eq!(
+            f.check(TokenKind::RefreshToken, &t).unwrap(),
+            Presented::Minted
+        );
         let plain = TokenFormat::new().mint(TokenKind::RefreshToken).unwrap();
         assert!(f.check(TokenKind::RefreshToken, &plain).is_err());
         assert!(TokenFormat::with_deployment_prefix("Bad_").is_err());

@@ -1,1 +1,480 @@
-//! placeholder
+//! The SQLite backend of authstore: the embedded default.
+//!
+//! [`SqliteStore`] implements every trait of [`authstore_core::backend`] on one SQLite file
+//! in WAL mode, through `rusqlite` (bundled SQLite).
+//!
+//! # Design
+//!
+//! **Connections and threads.** A store holds one writer connection and a small pool of
+//! reader connections (`SqliteOptions::readers`, default 4), each behind a
+//! `std::sync::Mutex`. On this kind of machine a point read takes a few microseconds while a
+//! hand-off to another thread costs tens, so **short statements run inline on the calling
+//! async task**: point reads (token validation, lookups), single-row writes and the
+//! compare-and-set transactions (consuming a code, rotating a refresh token) lock a
+//! connection, run, and unlock; no lock is ever held across an `.await`. Readers are picked
+//! round-robin with `try_lock`, falling back to waiting on one. **Long work** (migrations,
+//! cleanup batches, statistics, list and audit queries, set-based revocations by client,
+//! deleting a client with its cascade) runs on `tokio::task::spawn_blocking`. Cleanup locks
+//! the writer per batch and releases it between batches so traffic interleaves.
+//!
+//! Every statement goes through `prepare_cached`, so each is prepared once per connection.
+//! Every write runs in a `BEGIN IMMEDIATE` transaction on the writer, so several processes
+//! on one file (two `cleanup`s, two `migrate`s) serialize on SQLite's write lock instead of
+//! failing a lock upgrade; `busy_timeout` bounds the wait, and a busy database is reported
+//! as a temporary [`Error::Backend`].
+//!
+//! **Durability.** `synchronous=FULL` is the default: with `NORMAL`, a power loss can lose
+//! the last transactions, and a lost revocation is a security bug. [`Synchronous::Normal`]
+//! is an explicit opt-in for deployments that accept that.
+//!
+//! **Hot path.** [`find_access_token`](authstore_core::backend::GrantStore::find_access_token)
+//! is exactly one statement: the access token by hash joined to its grant and client, with
+//! expiry, revocation and the client's `disabled` flag checked in the `WHERE` clause. It
+//! never writes. The token tables are `WITHOUT ROWID` tables keyed by the 32-byte hash, so a
+//! lookup is one B-tree descent, and the client side of the join is served by a covering
+//! `(id, disabled)` index.
+//!
+//! **Atomic operations.** Consuming a code is one `UPDATE … WHERE consumed_at IS NULL AND
+//! expires_at > now AND <grant unrevoked> AND <client enabled> RETURNING …`; refresh
+//! rotation is one conditional `UPDATE` (per [`RotationMode`](authstore_core::backend::RotationMode))
+//! followed, in the same transaction, by the inserts of the new tokens and the audit event.
+//! Audit events are always written in the transaction of the change they describe, and only
+//! when the change happened.
+//!
+//! **Schema and migrations.** The schema lives in immutable, numbered files under
+//! `migrations/`, embedded in the binary ([`migrations`]); each applied migration is
+//! recorded in `schema_migrations` with the BLAKE3 checksum of its text.
+//! [`SqliteStore::open`] never migrates: it refuses a database whose schema is newer than
+//! this build ([`Error::SchemaTooNew`], checked on a read-only connection before anything is
+//! changed), and a store on an older schema answers [`Error::NotMigrated`] until
+//! [`migrate`](authstore_core::backend::Maintenance::migrate) runs.
+//!
+//! **Storage conventions.** Token hashes are 32-byte BLOBs (never the token), ids 16-byte
+//! BLOBs (UUID bytes, whose byte order is the id order), times INTEGER Unix microseconds,
+//! scopes space-separated TEXT, lists and objects JSON TEXT. Rows are decoded by small
+//! functions, never by deserializing domain types, and a row that cannot be decoded is an
+//! [`Error::Backend`], never a panic.
+//!
+//! ```no_run
+//! # async fn demo() -> authstore_core::Result<()> {
+//! use authstore_core::backend::Maintenance;
+//! use authstore_sqlite::{SqliteOptions, SqliteStore};
+//!
+//! let store = SqliteStore::open("authstore.db", SqliteOptions::default())?;
+//! store.migrate().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::Duration;
+
+use authstore_core::{Error, Result};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+mod db;
+mod maintenance;
+mod migrate;
+mod rows;
+mod stores;
+mod url;
+
+pub use migrate::{Migration, SCHEMA_VERSION, migrations};
+
+use db::{R, db_err};
+
+/// The backend name used in errors.
+pub(crate) const BACKEND: &str = "sqlite";
+
+/// How durably SQLite commits (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `FULL`: every commit is on disk before it returns. The default: a revocation lost on
+    /// power loss would be a security bug.
+    #[default]
+    Full,
+    /// `NORMAL`: in WAL mode a power loss may lose the most recent commits (never corrupts).
+    /// Faster; opt in only if losing the last revocations on power loss is acceptable.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+/// How [`SqliteStore::open`] configures its connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Reader connections (1 to 64; default 4). Reads run on these, writes on the one writer.
+    pub readers: usize,
+    /// How long a statement waits for a lock held by another connection before failing with
+    /// a temporary error (`PRAGMA busy_timeout`; default 5 s).
+    pub busy_timeout: Duration,
+    /// Commit durability (default [`Synchronous::Full`]).
+    pub synchronous: Synchronous,
+    /// Bytes of the database file memory-mapped per connection (`PRAGMA mmap_size`;
+    /// default 256 MiB; 0 disables). Speeds up point reads.
+    pub mmap_size: u64,
+    /// Page cache per connection in KiB (`PRAGMA cache_size = -N`; default 8 MiB).
+    pub cache_size_kib: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            synchronous: Synchronous::Full,
+            mmap_size: 256 * 1024 * 1024,
+            cache_size_kib: 8 * 1024,
+        }
+    }
+}
+
+/// The most reader connections a store opens.
+const MAX_READERS: usize = 64;
+
+/// Statements cached per connection; more than the store uses, so none is ever re-prepared.
+const STATEMENT_CACHE: usize = 128;
+
+/// An authstore backend on one SQLite file. Cheap to share: wrap it in an `Arc`.
+///
+/// See the [crate documentation](crate) for how it uses connections and threads.
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the store shares with its blocking tasks.
+pub(crate) struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    /// The schema version last seen; methods refuse to run unless it is [`SCHEMA_VERSION`].
+    schema_version: AtomicI64,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database at `path`.
+    ///
+    /// Before anything is created or changed, the schema version is read on a read-only
+    /// connection: a database migrated by a newer authstore is refused with
+    /// [`Error::SchemaTooNew`] and left untouched. Then the connections are opened in WAL
+    /// mode with `foreign_keys=ON` and the configured pragmas.
+    ///
+    /// `open` does not migrate: call
+    /// [`Maintenance::migrate`](authstore_core::backend::Maintenance::migrate); until then
+    /// store methods fail with [`Error::NotMigrated`].
+    pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        check_options(&path, &opts)?;
+        if path.exists() {
+            // A plain read-only look first: nothing may change if the schema is too new.
+            let probe = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(db_err)?;
+            probe.busy_timeout(opts.busy_timeout).map_err(db_err)?;
+            let found = migrate::schema_version(&probe).map_err(Error::from)?;
+            check_not_too_new(found)?;
+            drop(probe);
+        }
+        let writer = open_connection(&path, &opts, Role::Writer)?;
+        // Read again on the writer: another process may have migrated in between.
+        let found = migrate::schema_version(&writer).map_err(Error::from)?;
+        check_not_too_new(found)?;
+        let readers = (0..opts.readers)
+            .map(|_| open_connection(&path, &opts, Role::Reader).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        tracing::debug!(path = %path.display(), schema_version = found, "opened sqlite store");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                schema_version: AtomicI64::new(found),
+            }),
+        })
+    }
+
+    /// Opens a store from a URL:
+    ///
+    /// - `sqlite://relative/path.db` (relative to the working directory),
+    /// - `sqlite:///absolute/path.db`,
+    /// - `sqlite:path.db`,
+    ///
+    /// with optional query parameters `readers=N`, `busy_timeout_ms=N` and
+    /// `synchronous=full|normal` (e.g. `sqlite:///var/lib/authstore.db?synchronous=normal`).
+    /// `%XX` escapes in the path are decoded. Anything else is [`Error::UnsupportedUrl`].
+    pub fn open_url(url: &str) -> Result<Self> {
+        let (path, opts) = url::parse(url)?;
+        Self::open(path, opts)
+    }
+
+    /// The files the database occupies: the database itself and its `-wal` and `-shm`
+    /// files (which exist while the database is open in WAL mode).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut wal = self.inner.path.clone().into_os_string();
+        wal.push("-wal");
+        let mut shm = self.inner.path.clone().into_os_string();
+        shm.push("-shm");
+        vec![
+            self.inner.path.clone(),
+            PathBuf::from(wal),
+            PathBuf::from(shm),
+        ]
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Reads a connection setting, for diagnostics: one of `journal_mode`, `foreign_keys`,
+    /// `synchronous`, `busy_timeout`, `mmap_size`, `cache_size`, `page_size`, `page_count`,
+    /// `query_only`. `reader` selects a reader connection instead of the writer.
+    pub fn pragma(&self, name: &str, reader: bool) -> Result<String> {
+        const ALLOWED: &[&str] = &[
+            "journal_mode",
+            "foreign_keys",
+            "synchronous",
+            "busy_timeout",
+            "mmap_size",
+            "cache_size",
+            "page_size",
+            "page_count",
+            "query_only",
+        ];
+        if !ALLOWED.contains(&name) {
+            return Err(Error::invalid(
+                "pragma",
+                format!("expected one of {}", ALLOWED.join(", ")),
+            ));
+        }
+        let conn = if reader {
+            self.inner.reader()
+        } else {
+            self.inner.writer()
+        };
+        let v: rusqlite::types::Value = conn
+            .pragma_query_value(None, name, |r| r.get(0))
+            .map_err(db_err)?;
+        Ok(match v {
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            rusqlite::types::Value::Real(f) => f.to_string(),
+            rusqlite::types::Value::Null | rusqlite::types::Value::Blob(_) => String::new(),
+        })
+    }
+
+    /// Runs `f` on a blocking thread (long work); inline if there is no Tokio runtime.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle
+                .spawn_blocking(move || f(&inner))
+                .await
+                .map_err(|e| Error::backend(BACKEND, false, e))?,
+            Err(_) => f(&inner),
+        }
+    }
+}
+
+fn check_options(path: &Path, opts: &SqliteOptions) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::Config {
+            reason: "the SQLite database path is empty".into(),
+        });
+    }
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(Error::Config {
+            reason: "the SQLite database path contains NUL".into(),
+        });
+    }
+    if !(1..=MAX_READERS).contains(&opts.readers) {
+        return Err(Error::Config {
+            reason: format!(
+                "readers must be between 1 and {MAX_READERS}, got {}",
+                opts.readers
+            ),
+        });
+    }
+    if opts.busy_timeout.as_millis() > i32::MAX as u128 {
+        return Err(Error::Config {
+            reason: "busy_timeout is too large".into(),
+        });
+    }
+    if i64::try_from(opts.mmap_size).is_err() {
+        return Err(Error::Config {
+            reason: "mmap_size is too large".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_not_too_new(found: i64) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
+fn open_connection(path: &Path, opts: &SqliteOptions, role: Role) -> Result<Connection> {
+    // No SQLITE_OPEN_URI: the path is a file name, never interpreted as a `file:` URI.
+    let flags = match role {
+        Role::Writer => {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        }
+        Role::Reader => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
+    configure(&conn, opts, role).map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, opts: &SqliteOptions, role: Role) -> rusqlite::Result<()> {
+    conn.busy_timeout(opts.busy_timeout)?;
+    if role == Role::Writer {
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode");
+        }
+    }
+    conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checked in `check_options` to fit an i64.
+    conn.pragma_update(
+        None,
+        "mmap_size",
+        i64::try_from(opts.mmap_size).unwrap_or(0),
+    )?;
+    conn.pragma_update(None, "cache_size", -i64::from(opts.cache_size_kib))?;
+    if role == Role::Reader {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    Ok(())
+}
+
+/// Locks a connection. A panic while it was held leaves it consistent (rusqlite rolls an
+/// open transaction back on drop), so poisoning is cleared; any transaction still open is
+/// rolled back.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    heal(m.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+fn heal(guard: MutexGuard<'_, Connection>) -> MutexGuard<'_, Connection> {
+    if !guard.is_autocommit() {
+        let _ = guard.execute_batch("ROLLBACK");
+    }
+    guard
+}
+
+impl Inner {
+    /// Fails unless the schema is the one this build needs. One atomic load when it is.
+    fn ready(&self) -> Result<()> {
+        let seen = self.schema_version.load(Ordering::Acquire);
+        if seen == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Another store or process may have migrated since: look once more.
+        let found = {
+            let conn = self.reader();
+            migrate::schema_version(&conn).map_err(Error::from)?
+        };
+        self.schema_version.store(found, Ordering::Release);
+        match found.cmp(&SCHEMA_VERSION) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => Err(Error::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            }),
+            std::cmp::Ordering::Less => Err(Error::NotMigrated {
+                found,
+                needed: SCHEMA_VERSION,
+            }),
+        }
+    }
+
+    /// A reader connection: the first free one round-robin, else wait for one.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let n = self.readers.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let Some(m) = self.readers.get((start + i) % n) else {
+                continue;
+            };
+            match m.try_lock() {
+                Ok(g) => return heal(g),
+                Err(TryLockError::Poisoned(p)) => return heal(p.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        match self.readers.get(start % n.max(1)) {
+            Some(m) => lock(m),
+            // `open` guarantees at least one reader; fall back to the writer regardless.
+            None => lock(&self.writer),
+        }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.writer)
+    }
+
+    /// Runs `f` on a reader connection (after the schema check).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> R<T>) -> Result<T> {
+        self.ready()?;
+        let conn = self.reader();
+        f(&conn).map_err(Error::from)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer; commits if it returns
+    /// `Ok`, rolls back otherwise.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> R<T>) -> Result<T> {
+        self.ready()?;
+        let mut conn = self.writer();
+        write_tx(&mut conn, f).map_err(Error::from)
+    }
+}
+
+/// One `BEGIN IMMEDIATE` transaction on `conn`.
+fn write_tx<T>(conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> R<T>) -> R<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}

@@ -10,8 +10,8 @@ use authstore_core::backend::{CleanupOptions, CodeConsumption, RevokeOutcome, Ro
 use authstore_core::{
     AuditKind, AuditQuery, Authstore, Client, ClientSecret, ClientUpdate, CodeRedemption,
     CodeRequest, Config, Error, ForeignTokens, GrantType, IssuedTokens, ManualClock,
-    NewAuthorizationSession, NewClient, NewPat, PkceChallenge, RedirectUri, RefreshRequest,
-    Scopes, Subject, Timestamp, TokenKey, TokenKeyring, TokenOptions, TokenTypeHint,
+    NewAuthorizationSession, NewClient, NewPat, PkceChallenge, RedirectUri, RefreshRequest, Scopes,
+    Subject, Timestamp, TokenKey, TokenKeyring, TokenOptions, TokenTypeHint,
 };
 
 use crate::Harness;
@@ -59,7 +59,10 @@ pub async fn service_client(s: &Authstore, allowed: &str) -> (Client, ClientSecr
         .create_client(NewClient::confidential("service").scopes(scopes(allowed)))
         .await
         .expect("create client");
-    (c.client, c.secret.expect("confidential clients get a secret"))
+    (
+        c.client,
+        c.secret.expect("confidential clients get a secret"),
+    )
 }
 
 /// A confidential web client with authorization_code + refresh_token.
@@ -95,13 +98,23 @@ fn redemption<'a>(code: &'a str, client: &Client, opts: &'a TokenOptions) -> Cod
 
 /// Runs the authorization-code flow (with PKCE) to tokens.
 pub async fn code_flow(s: &Authstore, client: &Client, subject: &str, scope: &str) -> IssuedTokens {
-    let code = s.issue_code(code_request(client, subject, scope)).await.expect("issue code");
+    let code = s
+        .issue_code(code_request(client, subject, scope))
+        .await
+        .expect("issue code");
     let opts = TokenOptions::default();
-    s.redeem_code(redemption(code.code.secret(), client, &opts)).await.expect("redeem code")
+    s.redeem_code(redemption(code.code.secret(), client, &opts))
+        .await
+        .expect("redeem code")
 }
 
 fn refresh_req<'a>(token: &'a str, client: &Client, opts: &'a TokenOptions) -> RefreshRequest<'a> {
-    RefreshRequest { refresh_token: token, client_id: client.id, scope: None, options: opts }
+    RefreshRequest {
+        refresh_token: token,
+        client_id: client.id,
+        scope: None,
+        options: opts,
+    }
 }
 
 fn rt(t: &IssuedTokens) -> &str {
@@ -116,12 +129,15 @@ async fn assert_inactive(s: &Authstore, access: &str) {
 }
 
 async fn audit_kinds(s: &Authstore) -> Vec<AuditKind> {
-    s.audit_events(&AuditQuery { limit: Some(1000), ..Default::default() })
-        .await
-        .expect("audit query")
-        .into_iter()
-        .map(|e| e.kind)
-        .collect()
+    s.audit_events(&AuditQuery {
+        limit: Some(1000),
+        ..Default::default()
+    })
+    .await
+    .expect("audit query")
+    .into_iter()
+    .map(|e| e.kind)
+    .collect()
 }
 
 // ----- clients -----------------------------------------------------------------------
@@ -132,21 +148,49 @@ pub async fn client_lifecycle(h: Harness) {
     let (c, secret) = service_client(&s, "read write").await;
     assert!(secret.secret().starts_with("cs_"));
     assert_eq!(s.client(c.id).await.unwrap(), c);
-    assert_eq!(c.grant_types.iter().copied().collect::<Vec<_>>(), vec![GrantType::ClientCredentials]);
+    assert_eq!(
+        c.grant_types.iter().copied().collect::<Vec<_>>(),
+        vec![GrantType::ClientCredentials]
+    );
 
     // Verify: right secret, wrong secret, malformed, unknown client.
-    assert_eq!(s.verify_client_secret(c.id, secret.secret()).await.unwrap().id, c.id);
+    assert_eq!(
+        s.verify_client_secret(c.id, secret.secret())
+            .await
+            .unwrap()
+            .id,
+        c.id
+    );
     let (_, other_secret) = service_client(&s, "read").await;
-    assert!(matches!(s.verify_client_secret(c.id, other_secret.secret()).await, Err(Error::InvalidClient)));
-    assert!(matches!(s.verify_client_secret(c.id, "nope").await, Err(Error::InvalidClient)));
-    assert!(matches!(s.verify_client_secret(c.id, "").await, Err(Error::InvalidClient)));
+    assert!(matches!(
+        s.verify_client_secret(c.id, other_secret.secret()).await,
+        Err(Error::InvalidClient)
+    ));
+    assert!(matches!(
+        s.verify_client_secret(c.id, "nope").await,
+        Err(Error::InvalidClient)
+    ));
+    assert!(matches!(
+        s.verify_client_secret(c.id, "").await,
+        Err(Error::InvalidClient)
+    ));
     let unknown = authstore_core::ClientId::new_at(START);
-    assert!(matches!(s.verify_client_secret(unknown, secret.secret()).await, Err(Error::InvalidClient)));
+    assert!(matches!(
+        s.verify_client_secret(unknown, secret.secret()).await,
+        Err(Error::InvalidClient)
+    ));
 
     // Update.
     clock.advance(SECOND);
     let up = s
-        .update_client(c.id, ClientUpdate { name: Some("renamed".into()), scopes: Some(scopes("read")), ..Default::default() })
+        .update_client(
+            c.id,
+            ClientUpdate {
+                name: Some("renamed".into()),
+                scopes: Some(scopes("read")),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(up.name, "renamed");
@@ -155,18 +199,30 @@ pub async fn client_lifecycle(h: Harness) {
 
     // Rotate: old secret stops working at once.
     let new_secret = s.rotate_client_secret(c.id).await.unwrap();
-    assert!(matches!(s.verify_client_secret(c.id, secret.secret()).await, Err(Error::InvalidClient)));
-    s.verify_client_secret(c.id, new_secret.secret()).await.unwrap();
+    assert!(matches!(
+        s.verify_client_secret(c.id, secret.secret()).await,
+        Err(Error::InvalidClient)
+    ));
+    s.verify_client_secret(c.id, new_secret.secret())
+        .await
+        .unwrap();
 
     // Disable / enable.
     s.disable_client(c.id).await.unwrap();
-    assert!(matches!(s.verify_client_secret(c.id, new_secret.secret()).await, Err(Error::InvalidClient)));
+    assert!(matches!(
+        s.verify_client_secret(c.id, new_secret.secret()).await,
+        Err(Error::InvalidClient)
+    ));
     s.enable_client(c.id).await.unwrap();
-    s.verify_client_secret(c.id, new_secret.secret()).await.unwrap();
+    s.verify_client_secret(c.id, new_secret.secret())
+        .await
+        .unwrap();
 
     // List with pagination, ordered by id.
     for i in 0..5 {
-        s.create_client(NewClient::confidential(format!("c{i}"))).await.unwrap();
+        s.create_client(NewClient::confidential(format!("c{i}")))
+            .await
+            .unwrap();
     }
     let all = s.list_clients(None, 1000).await.unwrap();
     assert_eq!(all.len(), 7);
@@ -181,16 +237,30 @@ pub async fn client_lifecycle(h: Harness) {
     let page2 = s.list_clients(Some(page1[2].id), 3).await.unwrap();
     let page3 = s.list_clients(Some(page2[2].id), 3).await.unwrap();
     assert_eq!((page1.len(), page2.len(), page3.len()), (3, 3, 1));
-    let paged: Vec<_> = page1.iter().chain(&page2).chain(&page3).map(|c| c.id).collect();
+    let paged: Vec<_> = page1
+        .iter()
+        .chain(&page2)
+        .chain(&page3)
+        .map(|c| c.id)
+        .collect();
     ids.truncate(7);
     assert_eq!(paged, ids);
-    assert!(matches!(s.list_clients(None, 0).await, Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        s.list_clients(None, 0).await,
+        Err(Error::InvalidInput { .. })
+    ));
 
     // Delete.
     s.delete_client(c.id).await.unwrap();
     assert!(matches!(s.client(c.id).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.delete_client(c.id).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.verify_client_secret(c.id, new_secret.secret()).await, Err(Error::InvalidClient)));
+    assert!(matches!(
+        s.delete_client(c.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.verify_client_secret(c.id, new_secret.secret()).await,
+        Err(Error::InvalidClient)
+    ));
 
     let kinds = audit_kinds(&s).await;
     for k in [
@@ -214,7 +284,10 @@ pub async fn client_validation(h: Harness) {
         NewClient::confidential("c").grant_type(GrantType::AuthorizationCode),
         NewClient::confidential(""),
         NewClient::confidential("nul\0name"),
-        NewClient { metadata: serde_json::json!([1, 2]), ..NewClient::confidential("m") },
+        NewClient {
+            metadata: serde_json::json!([1, 2]),
+            ..NewClient::confidential("m")
+        },
         NewClient {
             token_endpoint_auth_method: Some(authstore_core::TokenEndpointAuthMethod::None),
             ..NewClient::confidential("x")
@@ -226,13 +299,25 @@ pub async fn client_validation(h: Harness) {
         assert!(!e.to_string().is_empty());
     }
     assert!(s.list_clients(None, 100).await.unwrap().is_empty());
-    assert!(audit_kinds(&s).await.is_empty(), "a refused request writes no audit event");
+    assert!(
+        audit_kinds(&s).await.is_empty(),
+        "a refused request writes no audit event"
+    );
 
     // A public client has no secret and cannot get one.
-    let p = s.create_client(NewClient::public("spa", uri)).await.unwrap();
+    let p = s
+        .create_client(NewClient::public("spa", uri))
+        .await
+        .unwrap();
     assert!(p.secret.is_none());
-    assert!(matches!(s.rotate_client_secret(p.client.id).await, Err(Error::UnauthorizedClient { .. })));
-    assert!(matches!(s.verify_client_secret(p.client.id, "cs_x").await, Err(Error::InvalidClient)));
+    assert!(matches!(
+        s.rotate_client_secret(p.client.id).await,
+        Err(Error::UnauthorizedClient { .. })
+    ));
+    assert!(matches!(
+        s.verify_client_secret(p.client.id, "cs_x").await,
+        Err(Error::InvalidClient)
+    ));
     // An update that breaks the rules is refused and changes nothing.
     let before = s.client(p.client.id).await.unwrap();
     let e = s
@@ -257,37 +342,64 @@ pub async fn client_credentials(h: Harness) {
     let (c, _) = service_client(&s, "read write").await;
     let opts = TokenOptions::default();
     let t = s.issue_client_credentials(c.id, None, &opts).await.unwrap();
-    assert!(t.refresh_token.is_none(), "no refresh token for client_credentials");
+    assert!(
+        t.refresh_token.is_none(),
+        "no refresh token for client_credentials"
+    );
     assert_eq!(t.token_type, "Bearer");
     assert_eq!(t.expires_in, Duration::from_secs(3600));
     assert!(t.access_token.secret().starts_with("at_"));
-    let v = s.validate_access_token(t.access_token.secret()).await.unwrap();
+    let v = s
+        .validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
     assert_eq!(v.client_id, c.id);
     assert_eq!(v.subject, None);
     assert_eq!(v.scope, scopes("read write"));
     assert_eq!(v.grant_id, t.grant_id);
 
     let narrow = scopes("read");
-    let t2 = s.issue_client_credentials(c.id, Some(&narrow), &opts).await.unwrap();
-    assert_eq!(s.validate_access_token(t2.access_token.secret()).await.unwrap().scope, narrow);
+    let t2 = s
+        .issue_client_credentials(c.id, Some(&narrow), &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.validate_access_token(t2.access_token.secret())
+            .await
+            .unwrap()
+            .scope,
+        narrow
+    );
     assert_ne!(t.grant_id, t2.grant_id);
 
     let too_wide = scopes("read admin");
-    assert!(matches!(s.issue_client_credentials(c.id, Some(&too_wide), &opts).await, Err(Error::InvalidScope { .. })));
+    assert!(matches!(
+        s.issue_client_credentials(c.id, Some(&too_wide), &opts)
+            .await,
+        Err(Error::InvalidScope { .. })
+    ));
 
     // A web client may not use client_credentials.
     let (w, _) = web_client(&s, "read").await;
-    assert!(matches!(s.issue_client_credentials(w.id, None, &opts).await, Err(Error::UnauthorizedClient { .. })));
+    assert!(matches!(
+        s.issue_client_credentials(w.id, None, &opts).await,
+        Err(Error::UnauthorizedClient { .. })
+    ));
 
     // Token options are stored and returned.
     let opts = TokenOptions {
         audience: vec!["https://api.example".into()],
-        cnf: Some(authstore_core::SenderConstraint::DpopJkt("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into())),
+        cnf: Some(authstore_core::SenderConstraint::DpopJkt(
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into(),
+        )),
         claims: serde_json::json!({"tenant": "acme"}),
     };
     let t3 = s.issue_client_credentials(c.id, None, &opts).await.unwrap();
     assert_eq!(t3.token_type, "DPoP");
-    let v3 = s.validate_access_token(t3.access_token.secret()).await.unwrap();
+    let v3 = s
+        .validate_access_token(t3.access_token.secret())
+        .await
+        .unwrap();
     assert_eq!(v3.audience, opts.audience);
     assert_eq!(v3.cnf, opts.cnf);
     assert_eq!(v3.claims, opts.claims);
@@ -297,9 +409,14 @@ pub async fn client_credentials(h: Harness) {
 pub async fn access_token_expiry_boundary(h: Harness) {
     let (s, clock) = store(&h);
     let (c, _) = service_client(&s, "read").await;
-    let t = s.issue_client_credentials(c.id, None, &TokenOptions::default()).await.unwrap();
+    let t = s
+        .issue_client_credentials(c.id, None, &TokenOptions::default())
+        .await
+        .unwrap();
     clock.set(t.expires_at.saturating_sub(MICRO));
-    s.validate_access_token(t.access_token.secret()).await.unwrap();
+    s.validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
     clock.set(t.expires_at);
     assert_inactive(&s, t.access_token.secret()).await;
 }
@@ -314,7 +431,9 @@ pub async fn disabled_client_tokens_inactive(h: Harness) {
     let opts = TokenOptions::default();
     assert!(s.refresh(refresh_req(rt(&t), &c, &opts)).await.is_err());
     s.enable_client(c.id).await.unwrap();
-    s.validate_access_token(t.access_token.secret()).await.unwrap();
+    s.validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
 }
 
 // ----- authorization codes -----------------------------------------------------------
@@ -323,13 +442,22 @@ pub async fn disabled_client_tokens_inactive(h: Harness) {
 pub async fn authorization_code_flow(h: Harness) {
     let (s, _) = store(&h);
     let (c, _) = web_client(&s, "openid profile email").await;
-    let code = s.issue_code(code_request(&c, "alice", "openid profile")).await.unwrap();
+    let code = s
+        .issue_code(code_request(&c, "alice", "openid profile"))
+        .await
+        .unwrap();
     assert!(code.code.secret().starts_with("ac_"));
     let opts = TokenOptions::default();
-    let t = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap();
+    let t = s
+        .redeem_code(redemption(code.code.secret(), &c, &opts))
+        .await
+        .unwrap();
     assert_eq!(t.grant_id, code.grant_id);
     assert_eq!(t.scope, scopes("openid profile"));
-    let v = s.validate_access_token(t.access_token.secret()).await.unwrap();
+    let v = s
+        .validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
     assert_eq!(v.subject, Some(sub("alice")));
     assert_eq!(v.client_id, c.id);
     let r = s.introspect_refresh_token(rt(&t)).await.unwrap();
@@ -342,19 +470,41 @@ pub async fn authorization_code_flow(h: Harness) {
     // The request is checked before a code exists.
     let mut bad = code_request(&c, "alice", "openid");
     bad.redirect_uri = "https://app.example/cb/".into();
-    assert!(matches!(s.issue_code(bad).await, Err(Error::InvalidInput { field: "redirect_uri", .. })));
-    assert!(matches!(s.issue_code(code_request(&c, "alice", "admin")).await, Err(Error::InvalidScope { .. })));
+    assert!(matches!(
+        s.issue_code(bad).await,
+        Err(Error::InvalidInput {
+            field: "redirect_uri",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.issue_code(code_request(&c, "alice", "admin")).await,
+        Err(Error::InvalidScope { .. })
+    ));
     let pub_client = s
-        .create_client(NewClient::public("spa", RedirectUri::new(REDIRECT).unwrap()).scopes(scopes("openid")))
+        .create_client(
+            NewClient::public("spa", RedirectUri::new(REDIRECT).unwrap()).scopes(scopes("openid")),
+        )
         .await
         .unwrap()
         .client;
     let mut no_pkce = code_request(&pub_client, "alice", "openid");
     no_pkce.code_challenge = None;
-    assert!(matches!(s.issue_code(no_pkce).await, Err(Error::InvalidInput { field: "code_challenge", .. })));
+    assert!(matches!(
+        s.issue_code(no_pkce).await,
+        Err(Error::InvalidInput {
+            field: "code_challenge",
+            ..
+        })
+    ));
     // A public client with PKCE works.
-    let pc = s.issue_code(code_request(&pub_client, "bob", "openid")).await.unwrap();
-    s.redeem_code(redemption(pc.code.secret(), &pub_client, &opts)).await.unwrap();
+    let pc = s
+        .issue_code(code_request(&pub_client, "bob", "openid"))
+        .await
+        .unwrap();
+    s.redeem_code(redemption(pc.code.secret(), &pub_client, &opts))
+        .await
+        .unwrap();
 }
 
 /// Wrong client, redirect URI or verifier burn the code and revoke its grant.
@@ -364,32 +514,67 @@ pub async fn code_binding_checks(h: Harness) {
     let (other, _) = web_client(&s, "read").await;
     let opts = TokenOptions::default();
     for case in 0..4 {
-        let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+        let code = s
+            .issue_code(code_request(&c, "alice", "read"))
+            .await
+            .unwrap();
         let good = redemption(code.code.secret(), &c, &opts);
         let bad = match case {
-            0 => CodeRedemption { client_id: other.id, ..good },
-            1 => CodeRedemption { redirect_uri: Some("https://app.example/other"), ..good },
-            2 => CodeRedemption { code_verifier: Some("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"), ..good },
-            _ => CodeRedemption { code_verifier: None, ..good },
+            0 => CodeRedemption {
+                client_id: other.id,
+                ..good
+            },
+            1 => CodeRedemption {
+                redirect_uri: Some("https://app.example/other"),
+                ..good
+            },
+            2 => CodeRedemption {
+                code_verifier: Some("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+                ..good
+            },
+            _ => CodeRedemption {
+                code_verifier: None,
+                ..good
+            },
         };
         let e = s.redeem_code(bad).await.unwrap_err();
         assert!(matches!(e, Error::InvalidGrant { .. }), "{e:?}");
-        assert!(s.grant(code.grant_id).await.unwrap().revoked_at.is_some(), "grant revoked after {e}");
+        assert!(
+            s.grant(code.grant_id).await.unwrap().revoked_at.is_some(),
+            "grant revoked after {e}"
+        );
         // The code is burnt: a correct retry is a replay.
-        assert!(matches!(s.redeem_code(good).await, Err(Error::CodeReplay { .. })));
+        assert!(matches!(
+            s.redeem_code(good).await,
+            Err(Error::CodeReplay { .. })
+        ));
     }
     // PKCE downgrade: verifier sent for a code issued without a challenge.
     let mut req = code_request(&c, "alice", "read");
     req.code_challenge = None;
     let code = s.issue_code(req.clone()).await.unwrap();
-    assert!(matches!(s.redeem_code(redemption(code.code.secret(), &c, &opts)).await, Err(Error::InvalidGrant { .. })));
+    assert!(matches!(
+        s.redeem_code(redemption(code.code.secret(), &c, &opts))
+            .await,
+        Err(Error::InvalidGrant { .. })
+    ));
     // Without PKCE the redirect URI is required.
     let code = s.issue_code(req.clone()).await.unwrap();
-    let r = CodeRedemption { redirect_uri: None, code_verifier: None, ..redemption(code.code.secret(), &c, &opts) };
-    assert!(matches!(s.redeem_code(r).await, Err(Error::InvalidGrant { .. })));
+    let r = CodeRedemption {
+        redirect_uri: None,
+        code_verifier: None,
+        ..redemption(code.code.secret(), &c, &opts)
+    };
+    assert!(matches!(
+        s.redeem_code(r).await,
+        Err(Error::InvalidGrant { .. })
+    ));
     // And with it, it works.
     let code = s.issue_code(req).await.unwrap();
-    let r = CodeRedemption { code_verifier: None, ..redemption(code.code.secret(), &c, &opts) };
+    let r = CodeRedemption {
+        code_verifier: None,
+        ..redemption(code.code.secret(), &c, &opts)
+    };
     s.redeem_code(r).await.unwrap();
 }
 
@@ -397,16 +582,34 @@ pub async fn code_binding_checks(h: Harness) {
 pub async fn code_replay_revokes_grant(h: Harness) {
     let (s, _) = store(&h);
     let (c, _) = web_client(&s, "read").await;
-    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let code = s
+        .issue_code(code_request(&c, "alice", "read"))
+        .await
+        .unwrap();
     let opts = TokenOptions::default();
-    let t = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap();
-    s.validate_access_token(t.access_token.secret()).await.unwrap();
-    let e = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap_err();
-    assert!(matches!(e, Error::CodeReplay { grant_id } if grant_id == code.grant_id), "{e:?}");
+    let t = s
+        .redeem_code(redemption(code.code.secret(), &c, &opts))
+        .await
+        .unwrap();
+    s.validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
+    let e = s
+        .redeem_code(redemption(code.code.secret(), &c, &opts))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::CodeReplay { grant_id } if grant_id == code.grant_id),
+        "{e:?}"
+    );
     assert_inactive(&s, t.access_token.secret()).await;
     assert!(s.introspect_refresh_token(rt(&t)).await.is_err());
     assert!(s.refresh(refresh_req(rt(&t), &c, &opts)).await.is_err());
-    assert!(audit_kinds(&s).await.contains(&AuditKind::CodeReplayDetected));
+    assert!(
+        audit_kinds(&s)
+            .await
+            .contains(&AuditKind::CodeReplayDetected)
+    );
 }
 
 /// 64 tasks race to consume one code: exactly one wins (backend CAS and façade); a later
@@ -416,7 +619,10 @@ pub async fn code_race_exactly_one_wins(h: Harness) {
     let (c, _) = web_client(&s, "read").await;
 
     // The backend's compare-and-set.
-    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let code = s
+        .issue_code(code_request(&c, "alice", "read"))
+        .await
+        .unwrap();
     let hash = TokenKeyring::new(key("k1", 7)).hash(code.code.secret());
     let barrier = Arc::new(tokio::sync::Barrier::new(64));
     let mut tasks = Vec::new();
@@ -425,7 +631,11 @@ pub async fn code_race_exactly_one_wins(h: Harness) {
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let ev = authstore_core::AuditEvent::new(AuditKind::CodeRedeemed, START, &Default::default());
+            let ev = authstore_core::AuditEvent::new(
+                AuditKind::CodeRedeemed,
+                START,
+                &Default::default(),
+            );
             b.consume_code(&hash, ev).await.unwrap()
         }));
     }
@@ -443,7 +653,10 @@ pub async fn code_race_exactly_one_wins(h: Harness) {
     assert_eq!(won, 1, "exactly one consumer wins");
 
     // Through the façade.
-    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let code = s
+        .issue_code(code_request(&c, "alice", "read"))
+        .await
+        .unwrap();
     let secret: Arc<str> = code.code.secret().into();
     let barrier = Arc::new(tokio::sync::Barrier::new(64));
     let mut tasks = Vec::new();
@@ -478,14 +691,24 @@ pub async fn code_race_exactly_one_wins(h: Harness) {
             other => winners.push(other),
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one redeemer consumed the code: {winners:?}");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one redeemer consumed the code: {winners:?}"
+    );
     assert_eq!(replays, 63);
-    assert!(s.grant(code.grant_id).await.unwrap().revoked_at.is_some(), "racing replays revoked the grant");
+    assert!(
+        s.grant(code.grant_id).await.unwrap().revoked_at.is_some(),
+        "racing replays revoked the grant"
+    );
     if let Some(Ok(t)) = winners.pop() {
         assert_inactive(&s, t.access_token.secret()).await;
     }
     let opts = TokenOptions::default();
-    assert!(matches!(s.redeem_code(redemption(&secret, &c, &opts)).await, Err(Error::CodeReplay { .. })));
+    assert!(matches!(
+        s.redeem_code(redemption(&secret, &c, &opts)).await,
+        Err(Error::CodeReplay { .. })
+    ));
 }
 
 /// Codes expire exactly at `expires_at` (60 s by default).
@@ -493,13 +716,24 @@ pub async fn code_expiry_boundary(h: Harness) {
     let (s, clock) = store(&h);
     let (c, _) = web_client(&s, "read").await;
     let opts = TokenOptions::default();
-    let a = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
-    let b = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let a = s
+        .issue_code(code_request(&c, "alice", "read"))
+        .await
+        .unwrap();
+    let b = s
+        .issue_code(code_request(&c, "alice", "read"))
+        .await
+        .unwrap();
     assert_eq!(a.expires_at, START.saturating_add(Duration::from_secs(60)));
     clock.set(a.expires_at.saturating_sub(MICRO));
-    s.redeem_code(redemption(a.code.secret(), &c, &opts)).await.unwrap();
+    s.redeem_code(redemption(a.code.secret(), &c, &opts))
+        .await
+        .unwrap();
     clock.set(b.expires_at);
-    assert!(matches!(s.redeem_code(redemption(b.code.secret(), &c, &opts)).await, Err(Error::Inactive { .. })));
+    assert!(matches!(
+        s.redeem_code(redemption(b.code.secret(), &c, &opts)).await,
+        Err(Error::Inactive { .. })
+    ));
 }
 
 // ----- refresh -----------------------------------------------------------------------
@@ -515,7 +749,9 @@ pub async fn refresh_rotation_and_reuse(h: Harness) {
     assert!(!t1.within_grace);
     assert_eq!(t1.grant_id, t0.grant_id);
     assert_ne!(rt(&t1), rt(&t0));
-    s.validate_access_token(t1.access_token.secret()).await.unwrap();
+    s.validate_access_token(t1.access_token.secret())
+        .await
+        .unwrap();
     // The rotated token is no longer introspectable as active; the successor is.
     assert!(s.introspect_refresh_token(rt(&t0)).await.is_err());
     let r1 = s.introspect_refresh_token(rt(&t1)).await.unwrap();
@@ -527,16 +763,29 @@ pub async fn refresh_rotation_and_reuse(h: Harness) {
         .unwrap()
         .unwrap();
     assert_eq!(state.token.rotated_at, Some(START.saturating_add(SECOND)));
-    assert_eq!(state.token.successor, Some(TokenKeyring::new(key("k1", 7)).hash(rt(&t1))));
+    assert_eq!(
+        state.token.successor,
+        Some(TokenKeyring::new(key("k1", 7)).hash(rt(&t1)))
+    );
 
     // Reuse (grace 0): the family dies.
     clock.advance(SECOND);
-    let e = s.refresh(refresh_req(rt(&t0), &c, &opts)).await.unwrap_err();
-    assert!(matches!(e, Error::RefreshReuse { grant_id } if grant_id == t0.grant_id), "{e:?}");
+    let e = s
+        .refresh(refresh_req(rt(&t0), &c, &opts))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::RefreshReuse { grant_id } if grant_id == t0.grant_id),
+        "{e:?}"
+    );
     assert_inactive(&s, t1.access_token.secret()).await;
     assert_inactive(&s, t0.access_token.secret()).await;
     assert!(s.refresh(refresh_req(rt(&t1), &c, &opts)).await.is_err());
-    assert!(audit_kinds(&s).await.contains(&AuditKind::RefreshReuseDetected));
+    assert!(
+        audit_kinds(&s)
+            .await
+            .contains(&AuditKind::RefreshReuseDetected)
+    );
 }
 
 /// 64 tasks race to rotate one refresh token with grace 0: exactly one wins; reuse
@@ -549,7 +798,12 @@ pub async fn refresh_race_grace_zero(h: Harness) {
     let t = code_flow(&s, &c, "alice", "read").await;
     let ring = TokenKeyring::new(key("k1", 7));
     let presented = ring.hash(rt(&t));
-    let state = h.backend.find_refresh_token(&presented).await.unwrap().unwrap();
+    let state = h
+        .backend
+        .find_refresh_token(&presented)
+        .await
+        .unwrap()
+        .unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(64));
     let mut tasks = Vec::new();
     for i in 0..64u8 {
@@ -557,16 +811,26 @@ pub async fn refresh_race_grace_zero(h: Harness) {
         let barrier = barrier.clone();
         let mut refresh = state.token.clone();
         refresh.issued_at = START;
-        let access = s.validate_access_token(t.access_token.secret()).await.unwrap();
+        let access = s
+            .validate_access_token(t.access_token.secret())
+            .await
+            .unwrap();
         tasks.push(tokio::spawn(async move {
             let rot = authstore_core::backend::Rotation {
                 presented,
                 mode: RotationMode::First,
                 refresh: (authstore_core::TokenHash::from_bytes([i; 32]), refresh),
-                access: (authstore_core::TokenHash::from_bytes([i.wrapping_add(100); 32]), access),
+                access: (
+                    authstore_core::TokenHash::from_bytes([i.wrapping_add(100); 32]),
+                    access,
+                ),
             };
             barrier.wait().await;
-            let ev = authstore_core::AuditEvent::new(AuditKind::RefreshRotated, START, &Default::default());
+            let ev = authstore_core::AuditEvent::new(
+                AuditKind::RefreshRotated,
+                START,
+                &Default::default(),
+            );
             b.rotate_refresh_token(&rot, ev).await.unwrap()
         }));
     }
@@ -589,7 +853,13 @@ pub async fn refresh_race_grace_zero(h: Harness) {
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             let opts = TokenOptions::default();
-            s.refresh(RefreshRequest { refresh_token: &token, client_id: cid, scope: None, options: &opts }).await
+            s.refresh(RefreshRequest {
+                refresh_token: &token,
+                client_id: cid,
+                scope: None,
+                options: &opts,
+            })
+            .await
         }));
     }
     let mut ok = Vec::new();
@@ -613,7 +883,10 @@ pub async fn refresh_race_grace_zero(h: Harness) {
 /// Within the grace period a concurrent refresh gets a valid answer; after it, reuse
 /// revokes the family.
 pub async fn refresh_grace_period(h: Harness) {
-    let cfg = Config { refresh_grace: Duration::from_secs(10), ..Config::default() };
+    let cfg = Config {
+        refresh_grace: Duration::from_secs(10),
+        ..Config::default()
+    };
     let (s, clock) = store_with(&h, cfg);
     let (c, _) = web_client(&s, "read").await;
     let opts = TokenOptions::default();
@@ -623,14 +896,31 @@ pub async fn refresh_grace_period(h: Harness) {
     // Exactly at the end of the grace period: still a valid answer.
     let t2 = s.refresh(refresh_req(rt(&t0), &c, &opts)).await.unwrap();
     assert!(t2.within_grace);
-    s.validate_access_token(t1.access_token.secret()).await.unwrap();
-    s.validate_access_token(t2.access_token.secret()).await.unwrap();
+    s.validate_access_token(t1.access_token.secret())
+        .await
+        .unwrap();
+    s.validate_access_token(t2.access_token.secret())
+        .await
+        .unwrap();
     s.introspect_refresh_token(rt(&t2)).await.unwrap();
     let ring = TokenKeyring::new(key("k1", 7));
-    let st = h.backend.find_refresh_token(&ring.hash(rt(&t0))).await.unwrap().unwrap();
+    let st = h
+        .backend
+        .find_refresh_token(&ring.hash(rt(&t0)))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st.token.reuse_count, 1);
-    assert_eq!(st.token.successor, Some(ring.hash(rt(&t1))), "the first successor stays linked");
-    assert!(audit_kinds(&s).await.contains(&AuditKind::RefreshGraceReuse));
+    assert_eq!(
+        st.token.successor,
+        Some(ring.hash(rt(&t1))),
+        "the first successor stays linked"
+    );
+    assert!(
+        audit_kinds(&s)
+            .await
+            .contains(&AuditKind::RefreshGraceReuse)
+    );
 
     // 64 racers within the grace period all get valid answers.
     let t3 = code_flow(&s, &c, "bob", "read").await;
@@ -642,22 +932,37 @@ pub async fn refresh_grace_period(h: Harness) {
         let cid = c.id;
         tasks.push(tokio::spawn(async move {
             let opts = TokenOptions::default();
-            s.refresh(RefreshRequest { refresh_token: &token, client_id: cid, scope: None, options: &opts }).await
+            s.refresh(RefreshRequest {
+                refresh_token: &token,
+                client_id: cid,
+                scope: None,
+                options: &opts,
+            })
+            .await
         }));
     }
     let mut graced = 0;
     for task in tasks {
-        let t = task.await.unwrap().expect("every racer within grace gets tokens");
+        let t = task
+            .await
+            .unwrap()
+            .expect("every racer within grace gets tokens");
         graced += usize::from(t.within_grace);
     }
     assert_eq!(graced, 63, "one rotation, 63 grace answers");
 
     // Past the grace period: reuse, family revoked.
     clock.advance(Duration::from_secs(10) + MICRO);
-    assert!(matches!(s.refresh(refresh_req(rt(&t0), &c, &opts)).await, Err(Error::RefreshReuse { .. })));
+    assert!(matches!(
+        s.refresh(refresh_req(rt(&t0), &c, &opts)).await,
+        Err(Error::RefreshReuse { .. })
+    ));
     assert_inactive(&s, t2.access_token.secret()).await;
     // A grace period over the maximum is refused.
-    let too_long = Config { refresh_grace: Duration::from_secs(3600), ..Config::default() };
+    let too_long = Config {
+        refresh_grace: Duration::from_secs(3600),
+        ..Config::default()
+    };
     assert!(matches!(
         Authstore::new(h.backend.clone(), TokenKeyring::new(key("k1", 7))).with_config(too_long),
         Err(Error::Config { .. })
@@ -672,28 +977,62 @@ pub async fn refresh_scope_and_expiry(h: Harness) {
     let opts = TokenOptions::default();
     let t0 = code_flow(&s, &c, "alice", "read write").await;
     let first = s.introspect_refresh_token(rt(&t0)).await.unwrap();
-    assert_eq!(first.expires_at, START.saturating_add(Duration::from_secs(30 * 86_400)));
-    assert_eq!(first.idle_expires_at, START.saturating_add(Duration::from_secs(14 * 86_400)));
+    assert_eq!(
+        first.expires_at,
+        START.saturating_add(Duration::from_secs(30 * 86_400))
+    );
+    assert_eq!(
+        first.idle_expires_at,
+        START.saturating_add(Duration::from_secs(14 * 86_400))
+    );
 
     let narrow = scopes("read");
     clock.advance(Duration::from_secs(86_400));
     let t1 = s
-        .refresh(RefreshRequest { scope: Some(&narrow), ..refresh_req(rt(&t0), &c, &opts) })
+        .refresh(RefreshRequest {
+            scope: Some(&narrow),
+            ..refresh_req(rt(&t0), &c, &opts)
+        })
         .await
         .unwrap();
     assert_eq!(t1.scope, narrow);
-    assert_eq!(s.validate_access_token(t1.access_token.secret()).await.unwrap().scope, narrow);
+    assert_eq!(
+        s.validate_access_token(t1.access_token.secret())
+            .await
+            .unwrap()
+            .scope,
+        narrow
+    );
     let second = s.introspect_refresh_token(rt(&t1)).await.unwrap();
-    assert_eq!(second.scope, scopes("read write"), "the family keeps its scope");
-    assert_eq!(second.expires_at, first.expires_at, "rotation never extends the absolute expiry");
-    assert_eq!(second.idle_expires_at, START.saturating_add(Duration::from_secs(15 * 86_400)));
+    assert_eq!(
+        second.scope,
+        scopes("read write"),
+        "the family keeps its scope"
+    );
+    assert_eq!(
+        second.expires_at, first.expires_at,
+        "rotation never extends the absolute expiry"
+    );
+    assert_eq!(
+        second.idle_expires_at,
+        START.saturating_add(Duration::from_secs(15 * 86_400))
+    );
 
     let wide = scopes("read admin");
-    let e = s.refresh(RefreshRequest { scope: Some(&wide), ..refresh_req(rt(&t1), &c, &opts) }).await.unwrap_err();
+    let e = s
+        .refresh(RefreshRequest {
+            scope: Some(&wide),
+            ..refresh_req(rt(&t1), &c, &opts)
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::InvalidScope { .. }), "{e:?}");
     // A refused request changed nothing: the token still rotates.
     let (other, _) = web_client(&s, "read write").await;
-    let e = s.refresh(refresh_req(rt(&t1), &other, &opts)).await.unwrap_err();
+    let e = s
+        .refresh(refresh_req(rt(&t1), &other, &opts))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::InvalidGrant { .. }), "{e:?}");
 
     // Idle expiry, exactly at the boundary.
@@ -701,7 +1040,10 @@ pub async fn refresh_scope_and_expiry(h: Harness) {
     let t2 = s.refresh(refresh_req(rt(&t1), &c, &opts)).await.unwrap();
     let third = s.introspect_refresh_token(rt(&t2)).await.unwrap();
     clock.set(third.idle_expires_at);
-    assert!(matches!(s.refresh(refresh_req(rt(&t2), &c, &opts)).await, Err(Error::Inactive { .. })));
+    assert!(matches!(
+        s.refresh(refresh_req(rt(&t2), &c, &opts)).await,
+        Err(Error::Inactive { .. })
+    ));
     assert!(s.introspect_refresh_token(rt(&t2)).await.is_err());
 }
 
@@ -716,30 +1058,77 @@ pub async fn revocation_rfc7009(h: Harness) {
 
     let t = code_flow(&s, &c, "alice", "read").await;
     // Another client may not revoke it.
-    assert_eq!(s.revoke_token(t.access_token.secret(), None, Some(other.id)).await.unwrap(), RevokeOutcome::WrongClient);
-    s.validate_access_token(t.access_token.secret()).await.unwrap();
+    assert_eq!(
+        s.revoke_token(t.access_token.secret(), None, Some(other.id))
+            .await
+            .unwrap(),
+        RevokeOutcome::WrongClient
+    );
+    s.validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
     // Its own client may; the hint is only a hint.
-    let out = s.revoke_token(t.access_token.secret(), Some(TokenTypeHint::RefreshToken), Some(c.id)).await.unwrap();
-    assert_eq!(out, RevokeOutcome::Revoked { grant_id: t.grant_id });
+    let out = s
+        .revoke_token(
+            t.access_token.secret(),
+            Some(TokenTypeHint::RefreshToken),
+            Some(c.id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        RevokeOutcome::Revoked {
+            grant_id: t.grant_id
+        }
+    );
     assert_inactive(&s, t.access_token.secret()).await;
     // Revoking an access token leaves the refresh token alone.
     let t1 = s.refresh(refresh_req(rt(&t), &c, &opts)).await.unwrap();
-    s.validate_access_token(t1.access_token.secret()).await.unwrap();
+    s.validate_access_token(t1.access_token.secret())
+        .await
+        .unwrap();
     // Revoking the refresh token revokes the grant's access tokens too.
-    assert_eq!(s.revoke_token(rt(&t1), None, Some(c.id)).await.unwrap(), RevokeOutcome::Revoked { grant_id: t.grant_id });
+    assert_eq!(
+        s.revoke_token(rt(&t1), None, Some(c.id)).await.unwrap(),
+        RevokeOutcome::Revoked {
+            grant_id: t.grant_id
+        }
+    );
     assert_inactive(&s, t1.access_token.secret()).await;
     assert!(s.grant(t.grant_id).await.unwrap().revoked_at.is_some());
     // Revoking twice is fine.
-    assert!(matches!(s.revoke_token(rt(&t1), None, Some(c.id)).await.unwrap(), RevokeOutcome::Revoked { .. }));
+    assert!(matches!(
+        s.revoke_token(rt(&t1), None, Some(c.id)).await.unwrap(),
+        RevokeOutcome::Revoked { .. }
+    ));
     // Unknown but well-formed tokens.
     let (c2, _) = service_client(&s, "x").await;
-    let fresh = s.issue_client_credentials(c2.id, None, &opts).await.unwrap();
-    s.revoke_token(fresh.access_token.secret(), None, None).await.unwrap();
-    let never = authstore_core::TokenFormat::new().mint(authstore_core::TokenKind::AccessToken).unwrap();
-    assert_eq!(s.revoke_token(&never, None, None).await.unwrap(), RevokeOutcome::NotFound);
+    let fresh = s
+        .issue_client_credentials(c2.id, None, &opts)
+        .await
+        .unwrap();
+    s.revoke_token(fresh.access_token.secret(), None, None)
+        .await
+        .unwrap();
+    let never = authstore_core::TokenFormat::new()
+        .mint(authstore_core::TokenKind::AccessToken)
+        .unwrap();
+    assert_eq!(
+        s.revoke_token(&never, None, None).await.unwrap(),
+        RevokeOutcome::NotFound
+    );
     // A foreign string is unknown here (RFC 7009: 200); a malformed one is a typed error.
-    assert_eq!(s.revoke_token("some-foreign-token", None, None).await.unwrap(), RevokeOutcome::NotFound);
-    assert!(matches!(s.revoke_token("a\0b", None, None).await, Err(Error::MalformedToken { .. })));
+    assert_eq!(
+        s.revoke_token("some-foreign-token", None, None)
+            .await
+            .unwrap(),
+        RevokeOutcome::NotFound
+    );
+    assert!(matches!(
+        s.revoke_token("a\0b", None, None).await,
+        Err(Error::MalformedToken { .. })
+    ));
     let kinds = audit_kinds(&s).await;
     assert!(kinds.contains(&AuditKind::AccessTokenRevoked));
     assert!(kinds.contains(&AuditKind::RefreshTokenRevoked));
@@ -758,17 +1147,30 @@ pub async fn revoke_by_grant_client_subject(h: Harness) {
 
     s.revoke_grant(b_carol.grant_id).await.unwrap();
     assert_inactive(&s, b_carol.access_token.secret()).await;
-    assert!(matches!(s.revoke_grant(authstore_core::GrantId::new_at(START)).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        s.revoke_grant(authstore_core::GrantId::new_at(START)).await,
+        Err(Error::NotFound { .. })
+    ));
 
     assert_eq!(s.revoke_subject_grants(&sub("alice")).await.unwrap(), 2);
     assert_inactive(&s, a_alice.access_token.secret()).await;
     assert_inactive(&s, b_alice.access_token.secret()).await;
-    s.validate_access_token(a_bob.access_token.secret()).await.unwrap();
-    s.validate_access_token(b_bob.access_token.secret()).await.unwrap();
+    s.validate_access_token(a_bob.access_token.secret())
+        .await
+        .unwrap();
+    s.validate_access_token(b_bob.access_token.secret())
+        .await
+        .unwrap();
 
-    assert_eq!(s.revoke_client_grants(b.id).await.unwrap(), 1, "only b/bob was still live");
+    assert_eq!(
+        s.revoke_client_grants(b.id).await.unwrap(),
+        1,
+        "only b/bob was still live"
+    );
     assert_inactive(&s, b_bob.access_token.secret()).await;
-    s.validate_access_token(a_bob.access_token.secret()).await.unwrap();
+    s.validate_access_token(a_bob.access_token.secret())
+        .await
+        .unwrap();
     assert_eq!(s.revoke_client_grants(b.id).await.unwrap(), 0);
     let kinds = audit_kinds(&s).await;
     assert!(kinds.contains(&AuditKind::SubjectGrantsRevoked));
@@ -783,8 +1185,13 @@ pub async fn cascade_on_client_delete(h: Harness) {
     let (keep, _) = web_client(&s, "read").await;
     let t = code_flow(&s, &c, "alice", "read").await;
     let kept = code_flow(&s, &keep, "alice", "read").await;
-    let pending = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
-    s.record_consent(c.id, &sub("alice"), &scopes("read")).await.unwrap();
+    let pending = s
+        .issue_code(code_request(&c, "alice", "read"))
+        .await
+        .unwrap();
+    s.record_consent(c.id, &sub("alice"), &scopes("read"))
+        .await
+        .unwrap();
     let (_, handle) = s
         .create_authorization_session(NewAuthorizationSession {
             client_id: c.id,
@@ -799,8 +1206,14 @@ pub async fn cascade_on_client_delete(h: Harness) {
 
     s.delete_client(c.id).await.unwrap();
     assert_inactive(&s, t.access_token.secret()).await;
-    assert!(matches!(s.grant(t.grant_id).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.grant(pending.grant_id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        s.grant(t.grant_id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.grant(pending.grant_id).await,
+        Err(Error::NotFound { .. })
+    ));
     assert!(s.consent(c.id, &sub("alice")).await.unwrap().is_none());
     assert!(s.authorization_session(handle.secret()).await.is_err());
     assert!(s.introspect_refresh_token(rt(&t)).await.is_err());
@@ -809,13 +1222,27 @@ pub async fn cascade_on_client_delete(h: Harness) {
     assert_eq!(st.grants.active + st.grants.revoked, 1);
     assert_eq!(st.access_tokens.active, 1);
     assert_eq!(st.refresh_tokens.active, 1);
-    assert_eq!(st.authorization_codes.active + st.authorization_codes.used, 1);
+    assert_eq!(
+        st.authorization_codes.active + st.authorization_codes.used,
+        1
+    );
     assert_eq!(st.consents, 0);
     assert_eq!(st.authorization_sessions.active, 0);
-    s.validate_access_token(kept.access_token.secret()).await.unwrap();
+    s.validate_access_token(kept.access_token.secret())
+        .await
+        .unwrap();
     // Audit events outlive the client.
-    let q = AuditQuery { client_id: Some(c.id), ..Default::default() };
-    assert!(s.audit_events(&q).await.unwrap().iter().any(|e| e.kind == AuditKind::ClientDeleted));
+    let q = AuditQuery {
+        client_id: Some(c.id),
+        ..Default::default()
+    };
+    assert!(
+        s.audit_events(&q)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == AuditKind::ClientDeleted)
+    );
 }
 
 // ----- personal access tokens, sessions, consents ------------------------------------
@@ -825,16 +1252,29 @@ pub async fn personal_access_tokens(h: Harness) {
     let (s, clock) = store(&h);
     let alice = sub("alice");
     let p = s
-        .issue_pat(NewPat { user: alice.clone(), name: "ci".into(), scope: scopes("repo"), expires_in: Some(Duration::from_secs(3600)) })
+        .issue_pat(NewPat {
+            user: alice.clone(),
+            name: "ci".into(),
+            scope: scopes("repo"),
+            expires_in: Some(Duration::from_secs(3600)),
+        })
         .await
         .unwrap();
     assert!(p.secret.secret().starts_with("pat_"));
     let forever = s
-        .issue_pat(NewPat { user: alice.clone(), name: "laptop".into(), scope: scopes("read"), expires_in: None })
+        .issue_pat(NewPat {
+            user: alice.clone(),
+            name: "laptop".into(),
+            scope: scopes("read"),
+            expires_in: None,
+        })
         .await
         .unwrap();
     clock.advance(SECOND);
-    assert_eq!(s.validate_pat(p.secret.secret()).await.unwrap().id, p.pat.id);
+    assert_eq!(
+        s.validate_pat(p.secret.secret()).await.unwrap().id,
+        p.pat.id
+    );
     // Validation does not write: last_used_at is still unset until a flush.
     let listed = s.list_pats(&alice).await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -849,17 +1289,29 @@ pub async fn personal_access_tokens(h: Harness) {
     clock.set(p.pat.expires_at.unwrap().saturating_sub(MICRO));
     s.validate_pat(p.secret.secret()).await.unwrap();
     clock.set(p.pat.expires_at.unwrap());
-    assert!(matches!(s.validate_pat(p.secret.secret()).await, Err(Error::Inactive { .. })));
+    assert!(matches!(
+        s.validate_pat(p.secret.secret()).await,
+        Err(Error::Inactive { .. })
+    ));
     s.validate_pat(forever.secret.secret()).await.unwrap();
 
     // Revoke: only its owner (when named).
-    assert!(matches!(s.revoke_pat(forever.pat.id, Some(&sub("mallory"))).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        s.revoke_pat(forever.pat.id, Some(&sub("mallory"))).await,
+        Err(Error::NotFound { .. })
+    ));
     s.validate_pat(forever.secret.secret()).await.unwrap();
     s.revoke_pat(forever.pat.id, Some(&alice)).await.unwrap();
-    assert!(matches!(s.validate_pat(forever.secret.secret()).await, Err(Error::Inactive { .. })));
+    assert!(matches!(
+        s.validate_pat(forever.secret.secret()).await,
+        Err(Error::Inactive { .. })
+    ));
     assert!(s.list_pats(&sub("bob")).await.unwrap().is_empty());
     // A PAT is not an access token and vice versa.
-    assert!(matches!(s.validate_access_token(forever.secret.secret()).await, Err(Error::MalformedToken { .. })));
+    assert!(matches!(
+        s.validate_access_token(forever.secret.secret()).await,
+        Err(Error::MalformedToken { .. })
+    ));
     let kinds = audit_kinds(&s).await;
     assert!(kinds.contains(&AuditKind::PatIssued) && kinds.contains(&AuditKind::PatRevoked));
 }
@@ -878,14 +1330,39 @@ pub async fn authorization_sessions(h: Harness) {
     };
     let (sess, handle) = s.create_authorization_session(new.clone()).await.unwrap();
     assert!(handle.secret().starts_with("as_"));
-    assert_eq!(sess.expires_at, START.saturating_add(Duration::from_secs(600)));
-    assert_eq!(s.authorization_session(handle.secret()).await.unwrap(), sess);
+    assert_eq!(
+        sess.expires_at,
+        START.saturating_add(Duration::from_secs(600))
+    );
+    assert_eq!(
+        s.authorization_session(handle.secret()).await.unwrap(),
+        sess
+    );
     // Not completable before a subject is attached.
-    assert!(s.complete_authorization_session(handle.secret()).await.is_err());
-    s.attach_subject(handle.secret(), &sub("alice")).await.unwrap();
-    s.attach_subject(handle.secret(), &sub("alice")).await.unwrap();
-    assert!(s.attach_subject(handle.secret(), &sub("mallory")).await.is_err(), "the subject cannot change");
-    assert_eq!(s.authorization_session(handle.secret()).await.unwrap().subject, Some(sub("alice")));
+    assert!(
+        s.complete_authorization_session(handle.secret())
+            .await
+            .is_err()
+    );
+    s.attach_subject(handle.secret(), &sub("alice"))
+        .await
+        .unwrap();
+    s.attach_subject(handle.secret(), &sub("alice"))
+        .await
+        .unwrap();
+    assert!(
+        s.attach_subject(handle.secret(), &sub("mallory"))
+            .await
+            .is_err(),
+        "the subject cannot change"
+    );
+    assert_eq!(
+        s.authorization_session(handle.secret())
+            .await
+            .unwrap()
+            .subject,
+        Some(sub("alice"))
+    );
 
     // 16 racers complete it: exactly one wins.
     let handle_s: Arc<str> = handle.secret().into();
@@ -893,7 +1370,9 @@ pub async fn authorization_sessions(h: Harness) {
     for _ in 0..16 {
         let s = s.clone();
         let h = handle_s.clone();
-        tasks.push(tokio::spawn(async move { s.complete_authorization_session(&h).await }));
+        tasks.push(tokio::spawn(async move {
+            s.complete_authorization_session(&h).await
+        }));
     }
     let mut won = 0;
     for t in tasks {
@@ -919,10 +1398,22 @@ pub async fn authorization_sessions(h: Harness) {
     assert!(s.attach_subject(h3.secret(), &sub("alice")).await.is_err());
 
     // Bad requests fail before anything is stored.
-    let bad = NewAuthorizationSession { redirect_uri: "https://evil.example/cb".into(), ..new.clone() };
-    assert!(matches!(s.create_authorization_session(bad).await, Err(Error::InvalidInput { .. })));
-    let bad = NewAuthorizationSession { state: Some("a\0b".into()), ..new };
-    assert!(matches!(s.create_authorization_session(bad).await, Err(Error::InvalidInput { .. })));
+    let bad = NewAuthorizationSession {
+        redirect_uri: "https://evil.example/cb".into(),
+        ..new.clone()
+    };
+    assert!(matches!(
+        s.create_authorization_session(bad).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    let bad = NewAuthorizationSession {
+        state: Some("a\0b".into()),
+        ..new
+    };
+    assert!(matches!(
+        s.create_authorization_session(bad).await,
+        Err(Error::InvalidInput { .. })
+    ));
     let kinds = audit_kinds(&s).await;
     for k in [
         AuditKind::AuthorizationSessionCreated,
@@ -940,21 +1431,32 @@ pub async fn consents(h: Harness) {
     let (c, _) = web_client(&s, "read write email").await;
     let alice = sub("alice");
     assert!(s.consent(c.id, &alice).await.unwrap().is_none());
-    let first = s.record_consent(c.id, &alice, &scopes("read")).await.unwrap();
+    let first = s
+        .record_consent(c.id, &alice, &scopes("read"))
+        .await
+        .unwrap();
     clock.advance(SECOND);
-    let second = s.record_consent(c.id, &alice, &scopes("write")).await.unwrap();
+    let second = s
+        .record_consent(c.id, &alice, &scopes("write"))
+        .await
+        .unwrap();
     assert_eq!(second.scope, scopes("read write"));
     assert_eq!(second.granted_at, first.granted_at);
     assert_eq!(second.updated_at, START.saturating_add(SECOND));
     assert_eq!(s.consent(c.id, &alice).await.unwrap().unwrap(), second);
-    assert!(matches!(s.record_consent(c.id, &alice, &scopes("admin")).await, Err(Error::InvalidScope { .. })));
+    assert!(matches!(
+        s.record_consent(c.id, &alice, &scopes("admin")).await,
+        Err(Error::InvalidScope { .. })
+    ));
 
     let t_alice = code_flow(&s, &c, "alice", "read").await;
     let t_bob = code_flow(&s, &c, "bob", "read").await;
     assert!(s.revoke_consent(c.id, &alice).await.unwrap());
     assert!(s.consent(c.id, &alice).await.unwrap().is_none());
     assert_inactive(&s, t_alice.access_token.secret()).await;
-    s.validate_access_token(t_bob.access_token.secret()).await.unwrap();
+    s.validate_access_token(t_bob.access_token.secret())
+        .await
+        .unwrap();
     assert!(!s.revoke_consent(c.id, &alice).await.unwrap());
 }
 
@@ -969,21 +1471,58 @@ pub async fn audit_queries(h: Harness) {
     clock.advance(SECOND);
     let t = code_flow(&s, &a, "alice", "read").await;
     clock.advance(SECOND);
-    s.issue_client_credentials(b.id, None, &TokenOptions::default()).await.unwrap();
+    s.issue_client_credentials(b.id, None, &TokenOptions::default())
+        .await
+        .unwrap();
 
-    let all = s.audit_events(&AuditQuery { limit: Some(1000), ..Default::default() }).await.unwrap();
+    let all = s
+        .audit_events(&AuditQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(all.len() >= 5);
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
-    let created = s.audit_events(&AuditQuery { kind: Some(AuditKind::ClientCreated), ..Default::default() }).await.unwrap();
+    let created = s
+        .audit_events(&AuditQuery {
+            kind: Some(AuditKind::ClientCreated),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(created.len(), 2);
-    let for_alice = s.audit_events(&AuditQuery { subject: Some(sub("alice")), ..Default::default() }).await.unwrap();
+    let for_alice = s
+        .audit_events(&AuditQuery {
+            subject: Some(sub("alice")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(!for_alice.is_empty());
     assert!(for_alice.iter().all(|e| e.subject == Some(sub("alice"))));
-    let redeemed: Vec<_> = for_alice.iter().filter(|e| e.kind == AuditKind::CodeRedeemed).collect();
-    assert_eq!(redeemed.len(), 1, "code redemption is audited with its subject");
-    assert_eq!(redeemed[0].grant_id, Some(t.grant_id), "the backend fills the grant of a consumed code");
+    let redeemed: Vec<_> = for_alice
+        .iter()
+        .filter(|e| e.kind == AuditKind::CodeRedeemed)
+        .collect();
+    assert_eq!(
+        redeemed.len(),
+        1,
+        "code redemption is audited with its subject"
+    );
+    assert_eq!(
+        redeemed[0].grant_id,
+        Some(t.grant_id),
+        "the backend fills the grant of a consumed code"
+    );
     assert_eq!(redeemed[0].client_id, Some(a.id));
-    let for_b = s.audit_events(&AuditQuery { client_id: Some(b.id), ..Default::default() }).await.unwrap();
+    let for_b = s
+        .audit_events(&AuditQuery {
+            client_id: Some(b.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(for_b.iter().all(|e| e.client_id == Some(b.id)));
     assert!(for_b.iter().any(|e| e.kind == AuditKind::TokensIssued));
     let window = AuditQuery {
@@ -1000,7 +1539,14 @@ pub async fn audit_queries(h: Harness) {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = s.audit_events(&AuditQuery { after, limit: Some(2), ..Default::default() }).await.unwrap();
+        let page = s
+            .audit_events(&AuditQuery {
+                after,
+                limit: Some(2),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -1008,13 +1554,39 @@ pub async fn audit_queries(h: Harness) {
         seen.extend(page);
     }
     assert_eq!(seen, all);
-    assert!(matches!(s.audit_events(&AuditQuery { limit: Some(0), ..Default::default() }).await, Err(Error::InvalidInput { .. })));
-    assert!(matches!(s.audit_events(&AuditQuery { limit: Some(5000), ..Default::default() }).await, Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        s.audit_events(&AuditQuery {
+            limit: Some(0),
+            ..Default::default()
+        })
+        .await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        s.audit_events(&AuditQuery {
+            limit: Some(5000),
+            ..Default::default()
+        })
+        .await,
+        Err(Error::InvalidInput { .. })
+    ));
 
     // The audit context is recorded.
-    let ctx = authstore_core::AuditContext { actor: Some("admin:root".into()), ip: Some("127.0.0.1".parse().unwrap()) };
-    s.with_audit_context(ctx.clone()).revoke_grant(t.grant_id).await.unwrap();
-    let ev = s.audit_events(&AuditQuery { kind: Some(AuditKind::GrantRevoked), ..Default::default() }).await.unwrap();
+    let ctx = authstore_core::AuditContext {
+        actor: Some("admin:root".into()),
+        ip: Some("127.0.0.1".parse().unwrap()),
+    };
+    s.with_audit_context(ctx.clone())
+        .revoke_grant(t.grant_id)
+        .await
+        .unwrap();
+    let ev = s
+        .audit_events(&AuditQuery {
+            kind: Some(AuditKind::GrantRevoked),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(ev[0].actor, ctx.actor);
     assert_eq!(ev[0].ip, ctx.ip);
     assert_eq!(ev[0].grant_id, Some(t.grant_id));
@@ -1030,13 +1602,27 @@ pub async fn cleanup_keeps_live_data(h: Harness) {
     let opts = TokenOptions::default();
     let live = code_flow(&s, &c, "alice", "read").await; // access 1 h, refresh 30 d
     let rotated_from = code_flow(&s, &c, "bob", "read").await;
-    let rotated_to = s.refresh(refresh_req(rt(&rotated_from), &c, &opts)).await.unwrap();
+    let rotated_to = s
+        .refresh(refresh_req(rt(&rotated_from), &c, &opts))
+        .await
+        .unwrap();
     let revoked = code_flow(&s, &c, "carol", "read").await;
     s.revoke_grant(revoked.grant_id).await.unwrap();
-    let cc = s.issue_client_credentials(svc.id, None, &opts).await.unwrap();
-    let _unused_code = s.issue_code(code_request(&c, "dave", "read")).await.unwrap();
+    let cc = s
+        .issue_client_credentials(svc.id, None, &opts)
+        .await
+        .unwrap();
+    let _unused_code = s
+        .issue_code(code_request(&c, "dave", "read"))
+        .await
+        .unwrap();
     let pat = s
-        .issue_pat(NewPat { user: sub("alice"), name: "short".into(), scope: scopes("read"), expires_in: Some(SECOND) })
+        .issue_pat(NewPat {
+            user: sub("alice"),
+            name: "short".into(),
+            scope: scopes("read"),
+            expires_in: Some(SECOND),
+        })
         .await
         .unwrap();
 
@@ -1059,16 +1645,30 @@ pub async fn cleanup_keeps_live_data(h: Harness) {
 
     // The live family still works: its refresh token (and grant) were kept.
     let renewed = s.refresh(refresh_req(rt(&live), &c, &opts)).await.unwrap();
-    s.validate_access_token(renewed.access_token.secret()).await.unwrap();
+    s.validate_access_token(renewed.access_token.secret())
+        .await
+        .unwrap();
     // The rotated token was kept for reuse detection: replaying it still revokes the family.
-    assert!(matches!(s.refresh(refresh_req(rt(&rotated_from), &c, &opts)).await, Err(Error::RefreshReuse { .. })));
+    assert!(matches!(
+        s.refresh(refresh_req(rt(&rotated_from), &c, &opts)).await,
+        Err(Error::RefreshReuse { .. })
+    ));
     assert_inactive(&s, rotated_to.access_token.secret()).await;
-    assert!(matches!(s.grant(revoked.grant_id).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.grant(cc.grant_id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        s.grant(revoked.grant_id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.grant(cc.grant_id).await,
+        Err(Error::NotFound { .. })
+    ));
     s.grant(live.grant_id).await.unwrap();
 
     // A second run finds nothing more.
-    assert_eq!(s.cleanup(&CleanupOptions::default()).await.unwrap().total(), 0);
+    assert_eq!(
+        s.cleanup(&CleanupOptions::default()).await.unwrap().total(),
+        0
+    );
 
     // Long after everything expired, the rest goes too.
     clock.advance(Duration::from_secs(60 * 86_400));
@@ -1079,7 +1679,14 @@ pub async fn cleanup_keeps_live_data(h: Harness) {
     assert_eq!(st.access_tokens, Default::default(), "{st:?}");
     assert_eq!(st.grants, Default::default(), "{st:?}");
     assert_eq!(st.clients, 2, "cleanup never deletes clients");
-    assert!(matches!(s.cleanup(&CleanupOptions { batch_size: 0, ..Default::default() }).await, Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        s.cleanup(&CleanupOptions {
+            batch_size: 0,
+            ..Default::default()
+        })
+        .await,
+        Err(Error::InvalidInput { .. })
+    ));
 }
 
 /// Cleanup in small batches, two at once: together they delete each row once.
@@ -1088,18 +1695,32 @@ pub async fn cleanup_batches_and_concurrency(h: Harness) {
     let (svc, _) = service_client(&s, "read").await;
     let opts = TokenOptions::default();
     for _ in 0..120 {
-        s.issue_client_credentials(svc.id, None, &opts).await.unwrap();
+        s.issue_client_credentials(svc.id, None, &opts)
+            .await
+            .unwrap();
     }
     clock.advance(Duration::from_secs(3 * 86_400));
-    let options = CleanupOptions { batch_size: 7, max_batches: 3, ..Default::default() };
+    let options = CleanupOptions {
+        batch_size: 7,
+        max_batches: 3,
+        ..Default::default()
+    };
     let r = s.cleanup(&options).await.unwrap();
     assert_eq!(r.access_tokens, 21, "bounded: 3 batches of 7");
     assert!(r.incomplete);
-    let options = CleanupOptions { batch_size: 10, max_batches: 1000, ..Default::default() };
+    let options = CleanupOptions {
+        batch_size: 10,
+        max_batches: 1000,
+        ..Default::default()
+    };
     let (a, b) = tokio::join!(s.cleanup(&options), s.cleanup(&options));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.access_tokens + b.access_tokens, 99);
-    assert_eq!(a.grants + b.grants, 99, "the first run removed 21 emptied grants");
+    assert_eq!(
+        a.grants + b.grants,
+        99,
+        "the first run removed 21 emptied grants"
+    );
     assert!(!a.incomplete && !b.incomplete);
     assert_eq!(s.stats().await.unwrap().access_tokens, Default::default());
 }
@@ -1114,7 +1735,9 @@ pub async fn stats_counts(h: Harness) {
     s.refresh(refresh_req(rt(&b), &c, &opts)).await.unwrap();
     let d = code_flow(&s, &c, "dan", "read").await;
     s.revoke_grant(d.grant_id).await.unwrap();
-    s.issue_code(code_request(&c, "erin", "read")).await.unwrap();
+    s.issue_code(code_request(&c, "erin", "read"))
+        .await
+        .unwrap();
     let _ = a;
     let st = s.stats().await.unwrap();
     assert_eq!(st.clients, 1);
@@ -1125,7 +1748,10 @@ pub async fn stats_counts(h: Harness) {
     assert_eq!(st.refresh_tokens.active, 2);
     assert_eq!(st.refresh_tokens.used, 1, "rotated");
     assert_eq!(st.refresh_tokens.revoked, 1);
-    assert_eq!(st.authorization_codes.used, 2, "consumed codes of live grants");
+    assert_eq!(
+        st.authorization_codes.used, 2,
+        "consumed codes of live grants"
+    );
     assert_eq!(st.authorization_codes.revoked, 1);
     assert_eq!(st.authorization_codes.active, 1);
     assert!(st.audit_events > 0);
@@ -1158,54 +1784,133 @@ pub async fn bad_input_changes_nothing(h: Harness) {
         huge.as_str(),
         bad_checksum.as_str(),
         &at[..at.len() - 1],
-        rt(&t),                           // right format, wrong kind
-        secret.secret(),                  // a client secret is not an access token
+        rt(&t),          // right format, wrong kind
+        secret.secret(), // a client secret is not an access token
         "at_short",
         "zz_0000000000000000000000000000000000000000000000000",
-        "foreign-token-string",           // foreign tokens are off by default
+        "foreign-token-string", // foreign tokens are off by default
     ];
     for m in malformed {
         let e = s.validate_access_token(m).await.unwrap_err();
         assert!(matches!(e, Error::MalformedToken { .. }), "{m:?}: {e:?}");
         assert!(!e.to_string().contains(at), "an error never echoes a token");
     }
-    let e = s.refresh(refresh_req(at, &c, &TokenOptions::default())).await.unwrap_err();
+    let e = s
+        .refresh(refresh_req(at, &c, &TokenOptions::default()))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::MalformedToken { .. }));
     let opts = TokenOptions::default();
     for code in ["", "ac_\0", huge.as_str(), at] {
-        assert!(matches!(s.redeem_code(redemption(code, &c, &opts)).await, Err(Error::MalformedToken { .. })));
+        assert!(matches!(
+            s.redeem_code(redemption(code, &c, &opts)).await,
+            Err(Error::MalformedToken { .. })
+        ));
     }
-    assert!(matches!(s.validate_pat("pat_nope").await, Err(Error::MalformedToken { .. })));
-    assert!(matches!(s.authorization_session("").await, Err(Error::MalformedToken { .. })));
+    assert!(matches!(
+        s.validate_pat("pat_nope").await,
+        Err(Error::MalformedToken { .. })
+    ));
+    assert!(matches!(
+        s.authorization_session("").await,
+        Err(Error::MalformedToken { .. })
+    ));
     // Unknown but well-formed.
-    let unknown = authstore_core::TokenFormat::new().mint(authstore_core::TokenKind::AccessToken).unwrap();
-    assert!(matches!(s.validate_access_token(&unknown).await, Err(Error::Inactive { .. })));
+    let unknown = authstore_core::TokenFormat::new()
+        .mint(authstore_core::TokenKind::AccessToken)
+        .unwrap();
+    assert!(matches!(
+        s.validate_access_token(&unknown).await,
+        Err(Error::Inactive { .. })
+    ));
     // Invalid scopes and URIs.
     for bad in ["a  b", " a", "a\"b", "\u{e9}", "a\0"] {
         assert!(Scopes::parse(bad).is_err());
     }
-    for bad in ["", "/relative", "https://a.example/#f", "javascript:alert(1)", "https://a.example/\0"] {
+    for bad in [
+        "",
+        "/relative",
+        "https://a.example/#f",
+        "javascript:alert(1)",
+        "https://a.example/\0",
+    ] {
         assert!(RedirectUri::new(bad).is_err(), "{bad:?}");
     }
-    assert!(Subject::new("").is_err() && Subject::new("a\0").is_err() && Subject::new("x".repeat(256)).is_err());
+    assert!(
+        Subject::new("").is_err()
+            && Subject::new("a\0").is_err()
+            && Subject::new("x".repeat(256)).is_err()
+    );
     // Unknown ids.
     let unknown_client = authstore_core::ClientId::new_at(START);
-    assert!(matches!(s.client(unknown_client).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.update_client(unknown_client, ClientUpdate::default()).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.disable_client(unknown_client).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.rotate_client_secret(unknown_client).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.issue_client_credentials(unknown_client, None, &opts).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.issue_code(code_request(&Client { id: unknown_client, ..c.clone() }, "a", "read")).await, Err(Error::NotFound { .. })));
-    assert!(matches!(s.revoke_pat(authstore_core::PatId::new_at(START), None).await, Err(Error::NotFound { .. })));
-    assert!(matches!("not-a-uuid".parse::<authstore_core::ClientId>(), Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        s.client(unknown_client).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.update_client(unknown_client, ClientUpdate::default())
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.disable_client(unknown_client).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.rotate_client_secret(unknown_client).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.issue_client_credentials(unknown_client, None, &opts)
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.issue_code(code_request(
+            &Client {
+                id: unknown_client,
+                ..c.clone()
+            },
+            "a",
+            "read"
+        ))
+        .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.revoke_pat(authstore_core::PatId::new_at(START), None)
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        "not-a-uuid".parse::<authstore_core::ClientId>(),
+        Err(Error::InvalidInput { .. })
+    ));
     // Bad token options.
-    let bad_opts = TokenOptions { claims: serde_json::json!("str"), ..Default::default() };
+    let bad_opts = TokenOptions {
+        claims: serde_json::json!("str"),
+        ..Default::default()
+    };
     assert!(s.redeem_code(redemption(at, &c, &bad_opts)).await.is_err());
-    let big = TokenOptions { claims: serde_json::json!({"x": "y".repeat(5000)}), ..Default::default() };
-    assert!(matches!(s.issue_client_credentials(c.id, None, &big).await, Err(Error::InvalidInput { .. })));
+    let big = TokenOptions {
+        claims: serde_json::json!({"x": "y".repeat(5000)}),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.issue_client_credentials(c.id, None, &big).await,
+        Err(Error::InvalidInput { .. })
+    ));
 
-    assert_eq!(s.stats().await.unwrap(), before_stats, "bad input wrote nothing");
-    assert_eq!(audit_kinds(&s).await.len(), before_audit, "bad input wrote no audit event");
+    assert_eq!(
+        s.stats().await.unwrap(),
+        before_stats,
+        "bad input wrote nothing"
+    );
+    assert_eq!(
+        audit_kinds(&s).await.len(),
+        before_audit,
+        "bad input wrote no audit event"
+    );
     s.validate_access_token(at).await.unwrap();
 }
 
@@ -1225,12 +1930,20 @@ pub async fn secrets_never_shown(h: Harness) {
         .unwrap();
     let client_secret = created.secret.as_ref().unwrap().secret().to_owned();
     let c = created.client.clone();
-    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+    let code = s
+        .issue_code(code_request(&c, "alice", "read"))
+        .await
+        .unwrap();
     let code_s = code.code.secret().to_owned();
     let opts = TokenOptions::default();
     let t = s.redeem_code(redemption(&code_s, &c, &opts)).await.unwrap();
     let pat = s
-        .issue_pat(NewPat { user: sub("alice"), name: "p".into(), scope: scopes("read"), expires_in: None })
+        .issue_pat(NewPat {
+            user: sub("alice"),
+            name: "p".into(),
+            scope: scopes("read"),
+            expires_in: None,
+        })
         .await
         .unwrap();
     let (_, handle) = s
@@ -1244,7 +1957,10 @@ pub async fn secrets_never_shown(h: Harness) {
         })
         .await
         .unwrap();
-    let replay = s.redeem_code(redemption(&code_s, &c, &opts)).await.unwrap_err();
+    let replay = s
+        .redeem_code(redemption(&code_s, &c, &opts))
+        .await
+        .unwrap_err();
     let secrets = [
         client_secret.clone(),
         code_s.clone(),
@@ -1262,13 +1978,32 @@ pub async fn secrets_never_shown(h: Harness) {
         format!("{s:?}"),
         format!("{:?}", h.backend),
         format!("{replay:?} {replay}"),
-        format!("{:?}", s.audit_events(&AuditQuery { limit: Some(1000), ..Default::default() }).await.unwrap()),
-        serde_json::to_string(&s.audit_events(&AuditQuery { limit: Some(1000), ..Default::default() }).await.unwrap()).unwrap(),
+        format!(
+            "{:?}",
+            s.audit_events(&AuditQuery {
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+        ),
+        serde_json::to_string(
+            &s.audit_events(&AuditQuery {
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        )
+        .unwrap(),
         format!("{:?}", TokenKeyring::new(key("k1", 7))),
     ];
     for text in &shown {
         for secret in &secrets {
-            assert!(!text.contains(secret.as_str()), "a secret leaked into: {text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret leaked into: {text}"
+            );
             // Not even the random body without its prefix.
             let body = &secret[secret.find('_').unwrap() + 1..];
             assert!(!text.contains(body), "a secret body leaked into: {text}");
@@ -1290,21 +2025,39 @@ pub async fn token_key_rotation(h: Harness) {
         TokenKeyring::with_older(key("k2", 9), vec![key("k1", 7)]).unwrap(),
     )
     .with_clock(Arc::new(clock.clone()));
-    rotated.validate_access_token(t.access_token.secret()).await.unwrap();
-    rotated.verify_client_secret(c.id, secret.secret()).await.unwrap();
-    let t2 = rotated.refresh(refresh_req(rt(&t), &c, &TokenOptions::default())).await.unwrap();
+    rotated
+        .validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
+    rotated
+        .verify_client_secret(c.id, secret.secret())
+        .await
+        .unwrap();
+    let t2 = rotated
+        .refresh(refresh_req(rt(&t), &c, &TokenOptions::default()))
+        .await
+        .unwrap();
     // New tokens are under k2 only: the old ring cannot find them.
-    rotated.validate_access_token(t2.access_token.secret()).await.unwrap();
+    rotated
+        .validate_access_token(t2.access_token.secret())
+        .await
+        .unwrap();
     assert_inactive(&old, t2.access_token.secret()).await;
     // Reuse detection works across the rotation.
     assert!(matches!(
-        rotated.refresh(refresh_req(rt(&t), &c, &TokenOptions::default())).await,
+        rotated
+            .refresh(refresh_req(rt(&t), &c, &TokenOptions::default()))
+            .await,
         Err(Error::RefreshReuse { .. })
     ));
     // Once k1 is dropped, its tokens are gone.
     let (c2, s2) = service_client(&old, "read").await;
-    let only_new = Authstore::new(h.backend.clone(), TokenKeyring::new(key("k2", 9))).with_clock(Arc::new(clock));
-    assert!(matches!(only_new.verify_client_secret(c2.id, s2.secret()).await, Err(Error::InvalidClient)));
+    let only_new = Authstore::new(h.backend.clone(), TokenKeyring::new(key("k2", 9)))
+        .with_clock(Arc::new(clock));
+    assert!(matches!(
+        only_new.verify_client_secret(c2.id, s2.secret()).await,
+        Err(Error::InvalidClient)
+    ));
 }
 
 /// Tokens minted elsewhere can be stored, validated and revoked when enabled.
@@ -1319,20 +2072,48 @@ pub async fn foreign_tokens(h: Harness) {
         subject: None,
         scope: None,
     };
-    assert!(matches!(strict.store_foreign_tokens(ft).await, Err(Error::Config { .. })));
-    let (s, clock) = store_with(&h, Config { accept_foreign_tokens: true, ..Config::default() });
+    assert!(matches!(
+        strict.store_foreign_tokens(ft).await,
+        Err(Error::Config { .. })
+    ));
+    let (s, clock) = store_with(
+        &h,
+        Config {
+            accept_foreign_tokens: true,
+            ..Config::default()
+        },
+    );
     let grant = s.store_foreign_tokens(ft).await.unwrap();
     let v = s.validate_access_token(ft.access_token).await.unwrap();
     assert_eq!(v.grant_id, grant);
     assert_eq!(v.scope, scopes("read write"));
-    assert!(matches!(strict.validate_access_token(ft.access_token).await, Err(Error::MalformedToken { .. })));
+    assert!(matches!(
+        strict.validate_access_token(ft.access_token).await,
+        Err(Error::MalformedToken { .. })
+    ));
     // Foreign strings still obey the format rules.
-    assert!(matches!(s.validate_access_token("a\0b").await, Err(Error::MalformedToken { .. })));
+    assert!(matches!(
+        s.validate_access_token("a\0b").await,
+        Err(Error::MalformedToken { .. })
+    ));
     // Revocation with a hint.
-    assert!(matches!(s.revoke_token("opaque-refresh-from-elsewhere", Some(TokenTypeHint::RefreshToken), Some(c.id)).await.unwrap(), RevokeOutcome::Revoked { .. }));
+    assert!(matches!(
+        s.revoke_token(
+            "opaque-refresh-from-elsewhere",
+            Some(TokenTypeHint::RefreshToken),
+            Some(c.id)
+        )
+        .await
+        .unwrap(),
+        RevokeOutcome::Revoked { .. }
+    ));
     assert_inactive(&s, ft.access_token).await;
     // Expiry from expires_in.
-    let ft2 = ForeignTokens { access_token: "another-foreign", refresh_token: None, ..ft };
+    let ft2 = ForeignTokens {
+        access_token: "another-foreign",
+        refresh_token: None,
+        ..ft
+    };
     s.store_foreign_tokens(ft2).await.unwrap();
     clock.advance(Duration::from_secs(300));
     assert_inactive(&s, "another-foreign").await;
@@ -1346,17 +2127,29 @@ pub async fn foreign_tokens(h: Harness) {
 /// Issues 1,000 of each secret and scans the backend's files (database, WAL) for them:
 /// none may appear in clear.
 pub async fn no_secret_bytes_in_files(h: Harness) {
-    assert!(!h.files.is_empty(), "this case is for backends that keep files");
+    assert!(
+        !h.files.is_empty(),
+        "this case is for backends that keep files"
+    );
     let (s, _) = store(&h);
     let opts = TokenOptions::default();
     let mut secrets: Vec<String> = Vec::new();
     let (c, _) = web_client(&s, "read").await;
     for i in 0..1000 {
-        let created = s.create_client(NewClient::confidential(format!("c{i}")).scopes(scopes("read"))).await.unwrap();
+        let created = s
+            .create_client(NewClient::confidential(format!("c{i}")).scopes(scopes("read")))
+            .await
+            .unwrap();
         secrets.push(created.secret.unwrap().secret().to_owned());
-        let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
+        let code = s
+            .issue_code(code_request(&c, "alice", "read"))
+            .await
+            .unwrap();
         secrets.push(code.code.secret().to_owned());
-        let t = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap();
+        let t = s
+            .redeem_code(redemption(code.code.secret(), &c, &opts))
+            .await
+            .unwrap();
         secrets.push(t.access_token.secret().to_owned());
         secrets.push(rt(&t).to_owned());
     }
@@ -1367,7 +2160,11 @@ pub async fn no_secret_bytes_in_files(h: Harness) {
             bytes.push(0);
         }
     }
-    assert!(bytes.len() > 100_000, "the files hold the data ({} bytes)", bytes.len());
+    assert!(
+        bytes.len() > 100_000,
+        "the files hold the data ({} bytes)",
+        bytes.len()
+    );
     // Look for the random bodies: 12-byte windows would be found by any in-clear copy.
     let mut needles: HashSet<&[u8]> = HashSet::new();
     for secret in &secrets {
@@ -1378,7 +2175,12 @@ pub async fn no_secret_bytes_in_files(h: Harness) {
     let found = bytes.windows(12).filter(|w| needles.contains(w)).count();
     assert_eq!(found, 0, "secret bytes found in clear in {:?}", h.files);
     // Prefixes prove the scan would see text if it were there.
-    assert!(bytes.windows(REDIRECT.len()).any(|w| w == REDIRECT.as_bytes()), "sanity: stored text is visible to the scan");
+    assert!(
+        bytes
+            .windows(REDIRECT.len())
+            .any(|w| w == REDIRECT.as_bytes()),
+        "sanity: stored text is visible to the scan"
+    );
 }
 
 // ----- logs --------------------------------------------------------------------------
@@ -1388,7 +2190,10 @@ struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -1408,7 +2213,8 @@ fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
             .with_ansi(false)
             .with_writer(move || w.clone())
             .finish();
-        tracing::subscriber::set_global_default(sub).expect("no other global subscriber in the suite");
+        tracing::subscriber::set_global_default(sub)
+            .expect("no other global subscriber in the suite");
         buf
     })
     .clone()
@@ -1420,18 +2226,41 @@ pub async fn no_secret_in_logs(h: Harness) {
     let (s, _) = store(&h);
     let (c, secret) = web_client(&s, "read").await;
     let opts = TokenOptions::default();
-    let code = s.issue_code(code_request(&c, "alice", "read")).await.unwrap();
-    let t = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap();
+    let code = s
+        .issue_code(code_request(&c, "alice", "read"))
+        .await
+        .unwrap();
+    let t = s
+        .redeem_code(redemption(code.code.secret(), &c, &opts))
+        .await
+        .unwrap();
     let t1 = s.refresh(refresh_req(rt(&t), &c, &opts)).await.unwrap();
     let _ = s.refresh(refresh_req(rt(&t), &c, &opts)).await.unwrap_err();
-    let _ = s.redeem_code(redemption(code.code.secret(), &c, &opts)).await.unwrap_err();
+    let _ = s
+        .redeem_code(redemption(code.code.secret(), &c, &opts))
+        .await
+        .unwrap_err();
     let _ = s.validate_access_token(t1.access_token.secret()).await;
     let _ = s.verify_client_secret(c.id, secret.secret()).await;
     s.revoke_token(rt(&t1), None, Some(c.id)).await.unwrap();
-    let text = String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    assert!(text.contains("replay"), "the capture works: the replay warning is there");
-    assert!(text.contains("reuse"), "the capture works: the reuse warning is there");
-    for secret in [secret.secret(), code.code.secret(), t.access_token.secret(), rt(&t), t1.access_token.secret(), rt(&t1)] {
+    let text =
+        String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    assert!(
+        text.contains("replay"),
+        "the capture works: the replay warning is there"
+    );
+    assert!(
+        text.contains("reuse"),
+        "the capture works: the reuse warning is there"
+    );
+    for secret in [
+        secret.secret(),
+        code.code.secret(),
+        t.access_token.secret(),
+        rt(&t),
+        t1.access_token.secret(),
+        rt(&t1),
+    ] {
         let body = &secret[secret.rfind('_').unwrap() + 1..];
         assert!(!text.contains(body), "a secret reached the logs");
     }

@@ -35,14 +35,21 @@ pub struct Harness {
 
 impl std::fmt::Debug for Harness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Harness").field("backend", &self.backend).field("files", &self.files).finish()
+        f.debug_struct("Harness")
+            .field("backend", &self.backend)
+            .field("files", &self.files)
+            .finish()
     }
 }
 
 impl Harness {
     /// A harness for a backend without files.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend, files: Vec::new(), guard: None }
+        Self {
+            backend,
+            files: Vec::new(),
+            guard: None,
+        }
     }
 
     /// A harness whose data lives in `files`, keeping `guard` alive.
@@ -51,7 +58,11 @@ impl Harness {
         files: Vec<PathBuf>,
         guard: impl Any + Send + Sync,
     ) -> Self {
-        Self { backend, files, guard: Some(Box::new(guard)) }
+        Self {
+            backend,
+            files,
+            guard: Some(Box::new(guard)),
+        }
     }
 }
 
