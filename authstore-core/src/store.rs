@@ -625,34 +625,86 @@ impl Authstore {
         Ok(c)
     }
 
+    /// The checks every authorization request passes before a session or code exists:
+    /// client enabled and allowed `authorization_code`, redirect URI registered (exact
+    /// match), scope within the client's, PKCE present for public clients.
+    async fn check_authorization_request(
+        &self,
+        client_id: ClientId,
+        redirect_uri: &str,
+        scope: &Scopes,
+        has_pkce: bool,
+    ) -> Result<(Client, crate::model::RedirectUri)> {
+        let client = self.active_client(client_id).await?;
+        if !client.allows_grant(GrantType::AuthorizationCode) {
+            return Err(Error::UnauthorizedClient {
+                reason: "the client may not use the authorization_code grant".into(),
+            });
+        }
+        let redirect_uri = client.redirect_uri(redirect_uri).cloned().ok_or_else(|| {
+            Error::invalid(
+                "redirect_uri",
+                "not registered for this client (exact match required)",
+            )
+        })?;
+        check_scope_within(scope, &client.scopes, "the client's allowed scopes")?;
+        if client.client_type == ClientType::Public && !has_pkce {
+            return Err(Error::invalid(
+                "code_challenge",
+                "PKCE (S256) is required for public clients",
+            ));
+        }
+        Ok((client, redirect_uri))
+    }
+
+    /// A new refresh token starting a family: absolute and idle expiry from the client's
+    /// lifetimes or the defaults.
+    fn first_refresh_record(
+        &self,
+        client: &Client,
+        grant: &Grant,
+        cnf: Option<SenderConstraint>,
+        now: Timestamp,
+    ) -> RefreshToken {
+        let abs = client
+            .lifetimes
+            .refresh_token
+            .unwrap_or(self.config.lifetimes.refresh_token);
+        let idle = client
+            .lifetimes
+            .refresh_idle
+            .unwrap_or(self.config.lifetimes.refresh_idle);
+        let expires_at = now.saturating_add(abs);
+        RefreshToken {
+            grant_id: grant.id,
+            client_id: grant.client_id,
+            subject: grant.subject.clone(),
+            scope: grant.scope.clone(),
+            issued_at: now,
+            expires_at,
+            idle_expires_at: now.saturating_add(idle).min(expires_at),
+            rotated_at: None,
+            successor: None,
+            reuse_count: 0,
+            revoked_at: None,
+            cnf,
+        }
+    }
+
     // ----- authorization codes --------------------------------------------------------
 
     /// Issues an authorization code for an approved request, starting a new grant. Checks
     /// the client allows `authorization_code`, the redirect URI is registered (exact match),
     /// the scope is within the client's, and PKCE is present for public clients.
     pub async fn issue_code(&self, req: CodeRequest) -> Result<IssuedCode> {
-        let client = self.active_client(req.client_id).await?;
-        if !client.allows_grant(GrantType::AuthorizationCode) {
-            return Err(Error::UnauthorizedClient {
-                reason: "the client may not use the authorization_code grant".into(),
-            });
-        }
-        let redirect_uri = client
-            .redirect_uri(&req.redirect_uri)
-            .cloned()
-            .ok_or_else(|| {
-                Error::invalid(
-                    "redirect_uri",
-                    "not registered for this client (exact match required)",
-                )
-            })?;
-        check_scope_within(&req.scope, &client.scopes, "the client's allowed scopes")?;
-        if client.client_type == ClientType::Public && req.code_challenge.is_none() {
-            return Err(Error::invalid(
-                "code_challenge",
-                "PKCE (S256) is required for public clients",
-            ));
-        }
+        let (client, redirect_uri) = self
+            .check_authorization_request(
+                req.client_id,
+                &req.redirect_uri,
+                &req.scope,
+                req.code_challenge.is_some(),
+            )
+            .await?;
         check_opt_text("nonce", req.nonce.as_deref(), 255)?;
         req.auth.validate()?;
         let now = self.now();
@@ -786,29 +838,7 @@ impl Authstore {
         );
         let refresh = if with_refresh {
             let (rt, rt_hash) = self.mint(TokenKind::RefreshToken)?;
-            let abs = client
-                .lifetimes
-                .refresh_token
-                .unwrap_or(self.config.lifetimes.refresh_token);
-            let idle = client
-                .lifetimes
-                .refresh_idle
-                .unwrap_or(self.config.lifetimes.refresh_idle);
-            let expires_at = now.saturating_add(abs);
-            let record = RefreshToken {
-                grant_id: grant.id,
-                client_id: grant.client_id,
-                subject: grant.subject.clone(),
-                scope: grant.scope.clone(),
-                issued_at: now,
-                expires_at,
-                idle_expires_at: now.saturating_add(idle).min(expires_at),
-                rotated_at: None,
-                successor: None,
-                reuse_count: 0,
-                revoked_at: None,
-                cnf: options.cnf.clone(),
-            };
+            let record = self.first_refresh_record(client, grant, options.cnf.clone(), now);
             Some((rt, rt_hash, record))
         } else {
             None
@@ -1265,29 +1295,7 @@ impl Authstore {
             access_life,
         );
         let refresh = t.refresh_token.map(|rt| {
-            let abs = client
-                .lifetimes
-                .refresh_token
-                .unwrap_or(self.config.lifetimes.refresh_token);
-            let idle = client
-                .lifetimes
-                .refresh_idle
-                .unwrap_or(self.config.lifetimes.refresh_idle);
-            let expires_at = now.saturating_add(abs);
-            let record = RefreshToken {
-                grant_id: grant.id,
-                client_id: client.id,
-                subject: grant.subject.clone(),
-                scope: scope.clone(),
-                issued_at: now,
-                expires_at,
-                idle_expires_at: now.saturating_add(idle).min(expires_at),
-                rotated_at: None,
-                successor: None,
-                reuse_count: 0,
-                revoked_at: None,
-                cnf: None,
-            };
+            let record = self.first_refresh_record(&client, &grant, None, now);
             (self.keys.hash(rt), record)
         });
         let issue = TokenIssue {
@@ -1439,28 +1447,14 @@ impl Authstore {
         &self,
         req: NewAuthorizationSession,
     ) -> Result<(AuthorizationSession, AuthorizationSessionSecret)> {
-        let client = self.active_client(req.client_id).await?;
-        if !client.allows_grant(GrantType::AuthorizationCode) {
-            return Err(Error::UnauthorizedClient {
-                reason: "the client may not use the authorization_code grant".into(),
-            });
-        }
-        let redirect_uri = client
-            .redirect_uri(&req.redirect_uri)
-            .cloned()
-            .ok_or_else(|| {
-                Error::invalid(
-                    "redirect_uri",
-                    "not registered for this client (exact match required)",
-                )
-            })?;
-        check_scope_within(&req.scope, &client.scopes, "the client's allowed scopes")?;
-        if client.client_type == ClientType::Public && req.code_challenge.is_none() {
-            return Err(Error::invalid(
-                "code_challenge",
-                "PKCE (S256) is required for public clients",
-            ));
-        }
+        let (client, redirect_uri) = self
+            .check_authorization_request(
+                req.client_id,
+                &req.redirect_uri,
+                &req.scope,
+                req.code_challenge.is_some(),
+            )
+            .await?;
         check_opt_text("state", req.state.as_deref(), 2048)?;
         check_opt_text("nonce", req.nonce.as_deref(), 255)?;
         let now = self.now();

@@ -28,11 +28,12 @@
 //! is an explicit opt-in for deployments that accept that.
 //!
 //! **Hot path.** [`find_access_token`](authstore_core::backend::GrantStore::find_access_token)
-//! is exactly one statement: the access token by hash joined to its grant and client, with
-//! expiry, revocation and the client's `disabled` flag checked in the `WHERE` clause. It
-//! never writes. The token tables are `WITHOUT ROWID` tables keyed by the 32-byte hash, so a
-//! lookup is one B-tree descent, and the client side of the join is served by a covering
-//! `(id, disabled)` index.
+//! is exactly one statement: the access token by hash, with expiry and revocation checked in
+//! the `WHERE` clause and the grant's revocation and the client's `disabled` flag checked by
+//! two correlated primary-key subqueries in the same clause (measured several times faster
+//! than the equivalent inner joins on this SQLite, and within about 10% of a bare
+//! primary-key lookup). It never writes. The token tables are `WITHOUT ROWID` tables keyed
+//! by the 32-byte hash, so a lookup is one B-tree descent.
 //!
 //! **Atomic operations.** Consuming a code is one `UPDATE … WHERE consumed_at IS NULL AND
 //! expires_at > now AND <grant unrevoked> AND <client enabled> RETURNING …`; refresh
