@@ -41,7 +41,7 @@ use crate::audit::{AuditEvent, AuditQuery};
 use crate::error::Result;
 use crate::model::{
     AccessToken, AuthorizationCode, AuthorizationSession, Client, ClientId, Consent, Grant,
-    GrantId, PatId, PersonalAccessToken, RefreshToken, RefreshTokenState, Subject,
+    GrantId, PatId, PersonalAccessToken, RefreshToken, RefreshTokenState, Scopes, Subject,
 };
 use crate::time::Timestamp;
 use crate::token::TokenHash;
@@ -67,11 +67,22 @@ pub trait ClientStore: Debug + Send + Sync + 'static {
         id: ClientId,
     ) -> Result<Option<(Client, Option<TokenHash>)>>;
 
-    /// Replaces every mutable field of the stored client (name, type, redirect URIs, grant
-    /// types, scopes, auth method, lifetimes, metadata, updated_at, disabled) with `client`'s.
-    /// [`Error::NotFound`](crate::Error::NotFound) if it does not exist. The secret hash is
-    /// unchanged.
+    /// Replaces the mutable fields of the stored client (name, type, redirect URIs, grant
+    /// types, scopes, auth method, lifetimes, metadata, updated_at) with `client`'s.
+    /// **Never** `disabled` (see [`set_client_disabled`](Self::set_client_disabled): an update
+    /// built from a stale read must not re-enable a client disabled meanwhile) nor the secret
+    /// hash. [`Error::NotFound`](crate::Error::NotFound) if it does not exist.
     async fn update_client(&self, client: &Client, audit: AuditEvent) -> Result<()>;
+
+    /// Sets only the `disabled` flag (and `updated_at = audit.at`), so it cannot race with
+    /// [`update_client`](Self::update_client). No event if the flag already had that value.
+    /// [`Error::NotFound`](crate::Error::NotFound) if the client does not exist.
+    async fn set_client_disabled(
+        &self,
+        id: ClientId,
+        disabled: bool,
+        audit: AuditEvent,
+    ) -> Result<()>;
 
     /// Clients ordered by id, starting after `after`, at most `limit`.
     async fn list_clients(&self, after: Option<ClientId>, limit: u32) -> Result<Vec<Client>>;
@@ -128,10 +139,13 @@ pub enum RotationMode {
     /// on `rotated_at IS NULL`); sets `rotated_at = now` and `successor`.
     First,
     /// Reuse within the grace period: succeeds only if the presented token was rotated at
-    /// or after `rotated_since`; increments `reuse_count`. `rotated_at`/`successor` stay.
+    /// or after `rotated_since` and has been reused fewer than `max_reuses` times;
+    /// increments `reuse_count`. `rotated_at`/`successor` stay.
     Grace {
         /// The earliest rotation time still within the grace period.
         rotated_since: Timestamp,
+        /// How many grace answers one rotated token may get in all.
+        max_reuses: u32,
     },
 }
 
@@ -209,8 +223,9 @@ pub trait GrantStore: Debug + Send + Sync + 'static {
     async fn find_refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenState>>;
 
     /// Rotates a refresh token atomically: applies `rotation.mode`'s compare-and-set on the
-    /// presented token (which must also be unrevoked, with its grant unrevoked), and in the
-    /// same transaction stores the new refresh and access tokens. `Ok(false)` and nothing
+    /// presented token (which must also be unrevoked, unexpired at `audit.at` — both
+    /// `expires_at` and `idle_expires_at` — with its grant unrevoked and its client enabled),
+    /// and in the same transaction stores the new refresh and access tokens. `Ok(false)` and nothing
     /// written if the compare-and-set fails; the caller re-reads and decides.
     async fn rotate_refresh_token(&self, rotation: &Rotation, audit: AuditEvent) -> Result<bool>;
 
@@ -325,8 +340,17 @@ pub trait AuthorizationSessionStore: Debug + Send + Sync + 'static {
 /// Remembered consents.
 #[async_trait]
 pub trait ConsentStore: Debug + Send + Sync + 'static {
-    /// Inserts or replaces the consent of (client, subject).
-    async fn put_consent(&self, consent: &Consent, audit: AuditEvent) -> Result<()>;
+    /// Adds `scope` to the consent of (client, subject) **in one transaction** (read, union,
+    /// write), creating it if there is none (`granted_at = updated_at = audit.at`); an
+    /// existing one keeps `granted_at` and gets `updated_at = audit.at`. Returns what is
+    /// stored. [`Error::NotFound`](crate::Error::NotFound) if the client does not exist.
+    async fn merge_consent(
+        &self,
+        client: ClientId,
+        subject: &Subject,
+        scope: &Scopes,
+        audit: AuditEvent,
+    ) -> Result<Consent>;
 
     /// The consent of (client, subject), or `None`.
     async fn get_consent(&self, client: ClientId, subject: &Subject) -> Result<Option<Consent>>;

@@ -64,7 +64,7 @@ impl Default for DefaultLifetimes {
 }
 
 /// How an [`Authstore`] behaves.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Token prefixes (optional deployment prefix).
     pub token_format: TokenFormat,
@@ -74,15 +74,36 @@ pub struct Config {
     /// answer instead of revoking the family. Default 0 (any reuse revokes), at most
     /// [`MAX_REFRESH_GRACE`].
     pub refresh_grace: Duration,
+    /// How many grace answers one rotated refresh token may get in all (default 3, 1 to 100):
+    /// enough for a few tabs racing, while a stolen token replayed in the window cannot fork
+    /// the family without bound. Past it, a reuse revokes the family.
+    pub refresh_grace_max_reuses: u32,
     /// Whether strings that are not tokens minted by this deployment are hashed and looked
     /// up (needed to store tokens minted elsewhere). Default `false`: such strings are
     /// rejected as malformed without a lookup.
     pub accept_foreign_tokens: bool,
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            token_format: TokenFormat::default(),
+            lifetimes: DefaultLifetimes::default(),
+            refresh_grace: Duration::ZERO,
+            refresh_grace_max_reuses: 3,
+            accept_foreign_tokens: false,
+        }
+    }
+}
+
 impl Config {
     /// Checks bounds.
     pub fn validate(&self) -> Result<()> {
+        if !(1..=100).contains(&self.refresh_grace_max_reuses) {
+            return Err(Error::Config {
+                reason: "refresh_grace_max_reuses must be 1 to 100".into(),
+            });
+        }
         if self.refresh_grace > MAX_REFRESH_GRACE {
             return Err(Error::Config {
                 reason: format!(
@@ -203,7 +224,7 @@ pub struct IssuedCode {
 }
 
 /// A token request with an authorization code (the client already authenticated).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct CodeRedemption<'a> {
     /// The presented code.
     pub code: &'a str,
@@ -218,7 +239,7 @@ pub struct CodeRedemption<'a> {
 }
 
 /// A refresh request (the client already authenticated, or is public).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RefreshRequest<'a> {
     /// The presented refresh token.
     pub refresh_token: &'a str,
@@ -226,8 +247,46 @@ pub struct RefreshRequest<'a> {
     pub client_id: ClientId,
     /// A narrower scope for the new access token.
     pub scope: Option<&'a Scopes>,
-    /// Properties of the access token (its `cnf` is ignored: the family keeps its own).
+    /// Properties of the access token. A sender-constrained family requires the same `cnf`
+    /// here; an unbound family's new access token gets this `cnf`.
     pub options: &'a TokenOptions,
+}
+
+// The request types hold presented secrets as `&str`: their `Debug` prints what is safe.
+impl fmt::Debug for CodeRedemption<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeRedemption")
+            .field("code", &"[redacted]")
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("code_verifier", &self.code_verifier.map(|_| "[redacted]"))
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RefreshRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshRequest")
+            .field("refresh_token", &"[redacted]")
+            .field("client_id", &self.client_id)
+            .field("scope", &self.scope)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ForeignTokens<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForeignTokens")
+            .field("access_token", &"[redacted]")
+            .field("refresh_token", &self.refresh_token.map(|_| "[redacted]"))
+            .field("expires_in", &self.expires_in)
+            .field("client_id", &self.client_id)
+            .field("subject", &self.subject)
+            .field("scope", &self.scope)
+            .finish()
+    }
 }
 
 /// Tokens as issued: what a token endpoint answers.
@@ -301,7 +360,7 @@ pub struct NewAuthorizationSession {
 
 /// Tokens minted elsewhere, to be stored (hashed) and validated here.
 /// Needs [`Config::accept_foreign_tokens`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ForeignTokens<'a> {
     /// The access token string.
     pub access_token: &'a str,
@@ -527,7 +586,8 @@ impl Authstore {
         self.backend
             .update_client(&c, self.event(AuditKind::ClientUpdated, now).client(id))
             .await?;
-        Ok(c)
+        // `disabled` is not written by an update (it may have changed since our read).
+        self.client(id).await
     }
 
     /// Disables a client: it can no longer authenticate and none of its tokens validate,
@@ -542,14 +602,11 @@ impl Authstore {
     }
 
     async fn set_disabled(&self, id: ClientId, disabled: bool, kind: AuditKind) -> Result<Client> {
-        let mut c = self.client(id).await?;
         let now = self.now();
-        c.disabled = disabled;
-        c.updated_at = now;
         self.backend
-            .update_client(&c, self.event(kind, now).client(id))
+            .set_client_disabled(id, disabled, self.event(kind, now).client(id))
             .await?;
-        Ok(c)
+        self.client(id).await
     }
 
     /// Replaces a confidential client's secret; the old one stops working at once. Returns
@@ -793,6 +850,11 @@ impl Authstore {
             return Err(Error::InvalidGrant { reason });
         }
         let client = self.active_client(code.client_id).await?;
+        if !client.allows_grant(GrantType::AuthorizationCode) {
+            return Err(Error::UnauthorizedClient {
+                reason: "the client may no longer use the authorization_code grant".into(),
+            });
+        }
         let grant = self
             .backend
             .get_grant(code.grant_id)
@@ -1028,6 +1090,14 @@ impl Authstore {
             .refresh_idle
             .unwrap_or(self.config.lifetimes.refresh_idle);
         let grace = self.config.refresh_grace;
+        let max_reuses = self.config.refresh_grace_max_reuses;
+        // A refresh token bound to a key (DPoP) or certificate (mTLS) must be presented with
+        // the same binding (RFC 9449 §5, RFC 8705 §3).
+        if state.token.cnf.is_some() && r.options.cnf != state.token.cnf {
+            return Err(Error::InvalidGrant {
+                reason: "the refresh token is sender-constrained to another key or certificate",
+            });
+        }
         // A failed compare-and-set means another caller changed the token; re-read and
         // decide again. Two rounds settle every interleaving (first -> rotated -> grace or
         // reuse); the third is a safety margin.
@@ -1040,9 +1110,14 @@ impl Authstore {
                 });
             }
             let mode = match t.rotated_at {
-                Some(rotated_at) if !grace.is_zero() && now <= rotated_at.saturating_add(grace) => {
+                Some(rotated_at)
+                    if !grace.is_zero()
+                        && now <= rotated_at.saturating_add(grace)
+                        && t.reuse_count < max_reuses =>
+                {
                     RotationMode::Grace {
                         rotated_since: now.saturating_sub(grace),
+                        max_reuses,
                     }
                 }
                 Some(_) => {
@@ -1083,7 +1158,7 @@ impl Authstore {
                 &state.grant,
                 scope.clone(),
                 r.options,
-                t.cnf.clone(),
+                t.cnf.clone().or_else(|| r.options.cnf.clone()),
                 now,
                 access_life,
             );
@@ -1558,27 +1633,12 @@ impl Authstore {
         let c = self.client(client).await?;
         check_scope_within(scope, &c.scopes, "the client's allowed scopes")?;
         let now = self.now();
-        let consent = match self.backend.get_consent(client, subject).await? {
-            Some(old) => Consent {
-                scope: old.scope.union(scope),
-                updated_at: now,
-                ..old
-            },
-            None => Consent {
-                client_id: client,
-                subject: subject.clone(),
-                scope: scope.clone(),
-                granted_at: now,
-                updated_at: now,
-            },
-        };
         let ev = self
             .event(AuditKind::ConsentRecorded, now)
             .client(client)
             .subject(Some(subject))
-            .detail("scope", consent.scope.to_string());
-        self.backend.put_consent(&consent, ev).await?;
-        Ok(consent)
+            .detail("scope", scope.to_string());
+        self.backend.merge_consent(client, subject, scope, ev).await
     }
 
     /// The consent `subject` gave `client`, if any.

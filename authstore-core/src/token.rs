@@ -157,8 +157,11 @@ impl TokenFormat {
     pub fn mint(&self, kind: TokenKind) -> Result<Zeroizing<String>> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         fill_random(bytes.as_mut())?;
-        let mut out = Zeroizing::new(self.full_prefix(kind).to_owned());
-        out.push_str(&base62_fixed(bytes.as_ref(), BODY_LEN));
+        let prefix = self.full_prefix(kind);
+        // Sized once, so no reallocation leaves a copy of the token behind.
+        let mut out = Zeroizing::new(String::with_capacity(prefix.len() + BODY_LEN + CHECK_LEN));
+        out.push_str(prefix);
+        out.push_str(&Zeroizing::new(base62_fixed(bytes.as_ref(), BODY_LEN)));
         let check = checksum(out.as_bytes());
         out.push_str(&check);
         Ok(out)
@@ -255,8 +258,8 @@ fn checksum(signed: &[u8]) -> String {
 
 /// Base62 of a big-endian number, left-padded with `0` to `width` digits.
 fn base62_fixed(bytes: &[u8], width: usize) -> String {
-    let mut num: Vec<u8> = bytes.to_vec();
-    let mut digits = Vec::with_capacity(width);
+    let mut num = Zeroizing::new(bytes.to_vec());
+    let mut digits = Zeroizing::new(Vec::with_capacity(width));
     while num.iter().any(|&b| b != 0) {
         let mut rem: u32 = 0;
         for b in num.iter_mut() {
@@ -266,12 +269,13 @@ fn base62_fixed(bytes: &[u8], width: usize) -> String {
         }
         digits.push(ALPHABET[rem as usize]);
     }
-    num.iter_mut().for_each(|b| *b = 0);
     while digits.len() < width {
         digits.push(b'0');
     }
     digits.reverse();
-    digits.into_iter().map(char::from).collect()
+    let mut out = String::with_capacity(width);
+    digits.iter().for_each(|&d| out.push(char::from(d)));
+    out
 }
 
 /// The 32-byte keyed hash under which a token is stored.

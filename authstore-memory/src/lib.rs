@@ -76,7 +76,7 @@ use authstore_core::backend::{
 use authstore_core::{
     AccessToken, AuditEvent, AuditQuery, AuthorizationCode, AuthorizationSession, Backend, Client,
     ClientId, Consent, Error, Grant, GrantId, PatId, PersonalAccessToken, RefreshTokenState,
-    Result, Subject, Timestamp, TokenHash,
+    Result, Scopes, Subject, Timestamp, TokenHash,
 };
 
 use crate::state::{ClientRow, State};
@@ -293,12 +293,36 @@ impl ClientStore for MemoryStore {
         }
         st.check_event(&audit)?;
         if let Some(row) = st.clients.get_mut(&client.id) {
-            // Everything but the id and the creation time is mutable.
+            // Everything but the id, the creation time and `disabled` (which only
+            // set_client_disabled writes: an update from a stale read must not re-enable).
             let created_at = row.client.created_at;
+            let disabled = row.client.disabled;
             row.client = Client {
                 created_at,
+                disabled,
                 ..client.clone()
             };
+        }
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn set_client_disabled(
+        &self,
+        id: ClientId,
+        disabled: bool,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let mut st = self.write();
+        match st.clients.get(&id) {
+            None => return Err(Error::not_found(format!("client {id}"))),
+            Some(row) if row.client.disabled == disabled => return Ok(()),
+            Some(_) => {}
+        }
+        st.check_event(&audit)?;
+        if let Some(row) = st.clients.get_mut(&id) {
+            row.client.disabled = disabled;
+            row.client.updated_at = audit.at;
         }
         st.log(audit);
         Ok(())
@@ -540,14 +564,24 @@ impl GrantStore for MemoryStore {
             return Ok(false);
         };
         let cas_holds = presented.revoked_at.is_none()
+            && presented.expires_at > now
+            && presented.idle_expires_at > now
             && st
                 .grants
                 .get(&presented.grant_id)
                 .is_some_and(|g| g.grant.revoked_at.is_none())
+            && st
+                .clients
+                .get(&presented.client_id)
+                .is_some_and(|c| !c.client.disabled)
             && match rotation.mode {
                 RotationMode::First => presented.rotated_at.is_none(),
-                RotationMode::Grace { rotated_since } => {
+                RotationMode::Grace {
+                    rotated_since,
+                    max_reuses,
+                } => {
                     presented.rotated_at.is_some_and(|t| t >= rotated_since)
+                        && presented.reuse_count < max_reuses
                 }
             };
         if !cas_holds {
@@ -882,18 +916,36 @@ impl AuthorizationSessionStore for MemoryStore {
 
 #[async_trait]
 impl ConsentStore for MemoryStore {
-    async fn put_consent(&self, consent: &Consent, audit: AuditEvent) -> Result<()> {
+    async fn merge_consent(
+        &self,
+        client: ClientId,
+        subject: &Subject,
+        scope: &Scopes,
+        audit: AuditEvent,
+    ) -> Result<Consent> {
         let mut st = self.write();
-        if !st.clients.contains_key(&consent.client_id) {
-            return Err(Error::not_found(format!("client {}", consent.client_id)));
+        if !st.clients.contains_key(&client) {
+            return Err(Error::not_found(format!("client {client}")));
         }
         st.check_event(&audit)?;
-        st.consents.insert(
-            (consent.client_id, consent.subject.clone()),
-            consent.clone(),
-        );
+        let key = (client, subject.clone());
+        let merged = match st.consents.get(&key) {
+            Some(old) => Consent {
+                scope: old.scope.union(scope),
+                updated_at: audit.at,
+                ..old.clone()
+            },
+            None => Consent {
+                client_id: client,
+                subject: subject.clone(),
+                scope: scope.clone(),
+                granted_at: audit.at,
+                updated_at: audit.at,
+            },
+        };
+        st.consents.insert(key, merged.clone());
         st.log(audit);
-        Ok(())
+        Ok(merged)
     }
 
     async fn get_consent(&self, client: ClientId, subject: &Subject) -> Result<Option<Consent>> {

@@ -335,6 +335,7 @@ async fn grace_rotation_needs_a_recent_rotation() {
     // Not rotated yet: grace reuse fails.
     let grace = |since| RotationMode::Grace {
         rotated_since: at(since),
+        max_reuses: 3,
     };
     let r = rotation(&g, h(2), grace(0), 3, 10);
     assert!(
@@ -510,9 +511,12 @@ async fn hot_path_checks_expiry_revocation_grant_and_client() {
     assert!(s.find_access_token(&h(1), at(60)).await.unwrap().is_none());
     assert!(s.find_access_token(&h(2), at(1)).await.unwrap().is_none());
 
-    let mut c = s.get_client(g.client_id).await.unwrap().unwrap();
-    c.disabled = true;
-    s.update_client(&c, ev(AuditKind::ClientDisabled, 1))
+    let stale = s.get_client(g.client_id).await.unwrap().unwrap();
+    s.set_client_disabled(g.client_id, true, ev(AuditKind::ClientDisabled, 1))
+        .await
+        .unwrap();
+    // An update built from a read before the disable does not re-enable the client.
+    s.update_client(&stale, ev(AuditKind::ClientUpdated, 1))
         .await
         .unwrap();
     assert!(s.find_access_token(&h(1), at(1)).await.unwrap().is_none());
@@ -523,8 +527,7 @@ async fn hot_path_checks_expiry_revocation_grant_and_client() {
             .unwrap()
             .client_disabled
     );
-    c.disabled = false;
-    s.update_client(&c, ev(AuditKind::ClientEnabled, 2))
+    s.set_client_disabled(g.client_id, false, ev(AuditKind::ClientEnabled, 2))
         .await
         .unwrap();
     assert!(s.find_access_token(&h(1), at(2)).await.unwrap().is_some());

@@ -8,7 +8,7 @@ use authstore_core::backend::{
 use authstore_core::{
     AccessToken, AuditEvent, AuditEventId, AuditQuery, AuthorizationCode, AuthorizationSession,
     Backend, Client, ClientId, Consent, Error, Grant, GrantId, PatId, PersonalAccessToken,
-    RefreshToken, RefreshTokenState, Result, Subject, Timestamp, TokenHash,
+    RefreshToken, RefreshTokenState, Result, Scopes, Subject, Timestamp, TokenHash,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -307,7 +307,7 @@ impl ClientStore for SqliteStore {
                          grant_types = ?5, scopes = ?6, token_endpoint_auth_method = ?7,
                          access_token_ttl_us = ?8, refresh_token_ttl_us = ?9,
                          refresh_idle_ttl_us = ?10, authorization_code_ttl_us = ?11,
-                         metadata = ?12, updated_at = ?13, disabled = ?14
+                         metadata = ?12, updated_at = ?13
                      WHERE id = ?1",
                 )?
                 .execute(params![
@@ -324,10 +324,35 @@ impl ClientStore for SqliteStore {
                     enc.lifetimes[3],
                     enc.metadata,
                     us(client.updated_at),
-                    client.disabled,
                 ])?;
             if n == 0 {
                 return Err(Error::not_found(format!("client {}", client.id)).into());
+            }
+            insert_audit(tx, &audit)
+        })
+    }
+
+    async fn set_client_disabled(
+        &self,
+        id: ClientId,
+        disabled: bool,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        self.inner.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE clients SET disabled = ?2, updated_at = ?3
+                     WHERE id = ?1 AND disabled <> ?2",
+                )?
+                .execute(params![id.b(), disabled, us(audit.at)])?;
+            if n == 0 {
+                let exists = tx
+                    .prepare_cached("SELECT 1 FROM clients WHERE id = ?1")?
+                    .exists([id.b()])?;
+                if !exists {
+                    return Err(Error::not_found(format!("client {id}")).into());
+                }
+                return Ok(());
             }
             insert_audit(tx, &audit)
         })
@@ -592,11 +617,14 @@ impl GrantStore for SqliteStore {
                     )?
                     .query_row(params![rotation.presented.b(), now, new_hash.b()], owner)
                     .optional()?,
-                RotationMode::Grace { rotated_since } => tx
+                RotationMode::Grace {
+                    rotated_since,
+                    max_reuses,
+                } => tx
                     .prepare_cached(
                         "UPDATE refresh_tokens SET reuse_count = reuse_count + 1
                          WHERE hash = ?1 AND rotated_at IS NOT NULL AND rotated_at >= ?3
-                           AND revoked_at IS NULL
+                           AND reuse_count < ?4 AND revoked_at IS NULL
                            AND expires_at > ?2 AND idle_expires_at > ?2
                            AND (SELECT g.revoked_at IS NULL FROM grants AS g
                                 WHERE g.id = refresh_tokens.grant_id)
@@ -605,7 +633,7 @@ impl GrantStore for SqliteStore {
                          RETURNING grant_id, client_id",
                     )?
                     .query_row(
-                        params![rotation.presented.b(), now, us(rotated_since)],
+                        params![rotation.presented.b(), now, us(rotated_since), max_reuses],
                         owner,
                     )
                     .optional()?,
@@ -926,11 +954,19 @@ impl AuthorizationSessionStore for SqliteStore {
                 .prepare_cached(
                     "UPDATE authorization_sessions SET subject = ?2
                      WHERE hash = ?1 AND expires_at > ?3 AND completed_at IS NULL
-                       AND (subject IS NULL OR subject = ?2)",
+                       AND subject IS NULL",
                 )?
                 .execute(params![hash.b(), subject.as_str(), us(audit.at)])?;
             if n == 0 {
-                return Ok(false);
+                // Already attached to the same subject: true, but nothing changed, no event.
+                let same = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM authorization_sessions
+                         WHERE hash = ?1 AND expires_at > ?3 AND completed_at IS NULL
+                           AND subject = ?2",
+                    )?
+                    .exists(params![hash.b(), subject.as_str(), us(audit.at)])?;
+                return Ok(same);
             }
             insert_audit(tx, &audit)?;
             Ok(true)
@@ -983,28 +1019,56 @@ impl AuthorizationSessionStore for SqliteStore {
 
 #[async_trait]
 impl ConsentStore for SqliteStore {
-    async fn put_consent(&self, consent: &Consent, audit: AuditEvent) -> Result<()> {
+    async fn merge_consent(
+        &self,
+        client: ClientId,
+        subject: &Subject,
+        scope: &Scopes,
+        audit: AuditEvent,
+    ) -> Result<Consent> {
         self.inner.write(|tx| {
+            let old = tx
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    consent_cols!(),
+                    " FROM consents WHERE client_id = ?1 AND subject = ?2"
+                ))?
+                .query_row(params![client.b(), subject.as_str()], rows::consent)
+                .optional()?;
+            let merged = match old {
+                Some(old) => Consent {
+                    scope: old.scope.union(scope),
+                    updated_at: audit.at,
+                    ..old
+                },
+                None => Consent {
+                    client_id: client,
+                    subject: subject.clone(),
+                    scope: scope.clone(),
+                    granted_at: audit.at,
+                    updated_at: audit.at,
+                },
+            };
             let n = tx
                 .prepare_cached(
                     "INSERT INTO consents (client_id, subject, scope, granted_at, updated_at)
                      SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?1)
                      ON CONFLICT (client_id, subject) DO UPDATE SET
                          scope = excluded.scope,
-                         granted_at = excluded.granted_at,
                          updated_at = excluded.updated_at",
                 )?
                 .execute(params![
-                    consent.client_id.b(),
-                    consent.subject.as_str(),
-                    consent.scope.to_string(),
-                    us(consent.granted_at),
-                    us(consent.updated_at),
+                    client.b(),
+                    subject.as_str(),
+                    merged.scope.to_string(),
+                    us(merged.granted_at),
+                    us(merged.updated_at),
                 ])?;
             if n == 0 {
-                return Err(Error::not_found(format!("client {}", consent.client_id)).into());
+                return Err(Error::not_found(format!("client {client}")).into());
             }
-            insert_audit(tx, &audit)
+            insert_audit(tx, &audit)?;
+            Ok(merged)
         })
     }
 

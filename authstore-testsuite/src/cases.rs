@@ -885,6 +885,7 @@ pub async fn refresh_race_grace_zero(h: Harness) {
 pub async fn refresh_grace_period(h: Harness) {
     let cfg = Config {
         refresh_grace: Duration::from_secs(10),
+        refresh_grace_max_reuses: 100,
         ..Config::default()
     };
     let (s, clock) = store_with(&h, cfg);
@@ -958,6 +959,40 @@ pub async fn refresh_grace_period(h: Harness) {
         Err(Error::RefreshReuse { .. })
     ));
     assert_inactive(&s, t2.access_token.secret()).await;
+    // By default one rotated token gets at most 3 grace answers; the 4th reuse revokes.
+    let (bounded, _) = store_with(
+        &h,
+        Config {
+            refresh_grace: Duration::from_secs(10),
+            ..Config::default()
+        },
+    );
+    let f = code_flow(&bounded, &c, "carol", "read").await;
+    bounded
+        .refresh(refresh_req(rt(&f), &c, &opts))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert!(
+            bounded
+                .refresh(refresh_req(rt(&f), &c, &opts))
+                .await
+                .unwrap()
+                .within_grace
+        );
+    }
+    assert!(matches!(
+        bounded.refresh(refresh_req(rt(&f), &c, &opts)).await,
+        Err(Error::RefreshReuse { .. })
+    ));
+    assert!(
+        bounded
+            .grant(f.grant_id)
+            .await
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
     // A grace period over the maximum is refused.
     let too_long = Config {
         refresh_grace: Duration::from_secs(3600),
@@ -1045,6 +1080,115 @@ pub async fn refresh_scope_and_expiry(h: Harness) {
         Err(Error::Inactive { .. })
     ));
     assert!(s.introspect_refresh_token(rt(&t2)).await.is_err());
+}
+
+/// The rotation compare-and-set itself refuses a disabled client or an expired token; a
+/// sender-constrained family needs the same binding; an update built from a stale read
+/// never re-enables a disabled client.
+pub async fn rotation_and_disable_guards(h: Harness) {
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let t = code_flow(&s, &c, "alice", "read").await;
+    let ring = TokenKeyring::new(key("k1", 7));
+    let presented = ring.hash(rt(&t));
+    let state = h
+        .backend
+        .find_refresh_token(&presented)
+        .await
+        .unwrap()
+        .unwrap();
+    let access = s
+        .validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
+    let rot = |n: u8| authstore_core::backend::Rotation {
+        presented,
+        mode: RotationMode::First,
+        refresh: (
+            authstore_core::TokenHash::from_bytes([n; 32]),
+            state.token.clone(),
+        ),
+        access: (
+            authstore_core::TokenHash::from_bytes([n.wrapping_add(1); 32]),
+            access.clone(),
+        ),
+    };
+    let ev =
+        |at| authstore_core::AuditEvent::new(AuditKind::RefreshRotated, at, &Default::default());
+
+    // Stale update after a disable: still disabled.
+    let stale = s.client(c.id).await.unwrap();
+    s.disable_client(c.id).await.unwrap();
+    h.backend
+        .update_client(
+            &stale,
+            authstore_core::AuditEvent::new(AuditKind::ClientUpdated, START, &Default::default()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        s.client(c.id).await.unwrap().disabled,
+        "an update never re-enables"
+    );
+    assert!(
+        !h.backend
+            .rotate_refresh_token(&rot(1), ev(START))
+            .await
+            .unwrap(),
+        "disabled client"
+    );
+    s.enable_client(c.id).await.unwrap();
+    // Expired (idle) at the CAS time.
+    let late = state.token.idle_expires_at;
+    assert!(
+        !h.backend
+            .rotate_refresh_token(&rot(3), ev(late))
+            .await
+            .unwrap(),
+        "expired token"
+    );
+    assert!(
+        h.backend
+            .rotate_refresh_token(&rot(5), ev(START))
+            .await
+            .unwrap()
+    );
+    let _ = clock;
+
+    // Sender constraint: a DPoP-bound family needs the same thumbprint.
+    let jkt = authstore_core::SenderConstraint::DpopJkt(
+        "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into(),
+    );
+    let other = authstore_core::SenderConstraint::DpopJkt(
+        "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into(),
+    );
+    let bound = TokenOptions {
+        cnf: Some(jkt.clone()),
+        ..Default::default()
+    };
+    let code = s.issue_code(code_request(&c, "bob", "read")).await.unwrap();
+    let t = s
+        .redeem_code(redemption(code.code.secret(), &c, &bound))
+        .await
+        .unwrap();
+    assert_eq!(t.token_type, "DPoP");
+    let none = TokenOptions::default();
+    let wrong = TokenOptions {
+        cnf: Some(other),
+        ..Default::default()
+    };
+    for opts in [&none, &wrong] {
+        let e = s.refresh(refresh_req(rt(&t), &c, opts)).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidGrant { .. }), "{e:?}");
+    }
+    let t2 = s.refresh(refresh_req(rt(&t), &c, &bound)).await.unwrap();
+    assert_eq!(
+        s.validate_access_token(t2.access_token.secret())
+            .await
+            .unwrap()
+            .cnf,
+        Some(jkt)
+    );
 }
 
 // ----- revocation --------------------------------------------------------------------
@@ -1970,6 +2114,26 @@ pub async fn secrets_never_shown(h: Harness) {
         handle.secret().to_owned(),
     ];
     let shown = [
+        format!("{:?}", redemption(&code_s, &c, &opts)),
+        format!(
+            "{:?}",
+            CodeRedemption {
+                code_verifier: Some(VERIFIER),
+                ..redemption(&code_s, &c, &opts)
+            }
+        ),
+        format!("{:?}", refresh_req(rt(&t), &c, &opts)),
+        format!(
+            "{:?}",
+            ForeignTokens {
+                access_token: t.access_token.secret(),
+                refresh_token: Some(rt(&t)),
+                expires_in: None,
+                client_id: c.id,
+                subject: None,
+                scope: None,
+            }
+        ),
         format!("{created:?}"),
         format!("{code:?}"),
         format!("{t:?}"),
@@ -2010,6 +2174,10 @@ pub async fn secrets_never_shown(h: Harness) {
         }
     }
     assert!(format!("{t:?}").contains("[redacted]"));
+    assert!(
+        !shown[1].contains(VERIFIER),
+        "the PKCE verifier is redacted"
+    );
     let hex = TokenKey::from_bytes("k", [0xab; 32]).unwrap();
     assert!(!format!("{hex:?}").contains("abab"));
 }

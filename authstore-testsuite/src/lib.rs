@@ -4,7 +4,7 @@
 //! [`conformance_tests!`] macro stamps every case into a backend's tests as a
 //! `#[tokio::test]`. A backend only says how to build a fresh, migrated, empty store:
 //!
-//! ```ignore
+//! ```text
 //! async fn harness() -> authstore_testsuite::Harness {
 //!     authstore_testsuite::Harness::new(std::sync::Arc::new(MyBackend::new()))
 //! }
@@ -86,6 +86,7 @@ macro_rules! conformance_tests {
             refresh_race_grace_zero,
             refresh_grace_period,
             refresh_scope_and_expiry,
+            rotation_and_disable_guards,
             revocation_rfc7009,
             revoke_by_grant_client_subject,
             cascade_on_client_delete,
