@@ -6,12 +6,13 @@
 //! |---|---|
 //! | `memory:` | [`authstore_memory::MemoryStore`]: nothing survives a restart |
 //! | `sqlite://path/to/file.db`, `sqlite:///abs/path.db`, `sqlite:file.db` (query: `readers`, `busy_timeout_ms`, `synchronous`) | [`authstore_sqlite::SqliteStore`] |
-//! | `postgres://…`, `postgresql://…` | not in this build yet: a clear error says so |
+//! | `postgres://user:password@host:5432/db`, `postgresql://…` (query: `pool_size`, `connect_timeout`, `statement_timeout`, `schema`, `sslmode`; see docs/POSTGRES.md) | [`authstore_postgres::PostgresStore`] |
 
 use std::sync::Arc;
 
 pub use authstore_core as core;
 pub use authstore_memory as memory;
+pub use authstore_postgres as postgres;
 pub use authstore_sqlite as sqlite;
 
 use authstore_core::{Backend, Error, Result};
@@ -26,14 +27,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn Backend>> {
             Ok(Arc::new(authstore_memory::MemoryStore::new()))
         }
         Some("sqlite") => Ok(Arc::new(authstore_sqlite::SqliteStore::open_url(url)?)),
-        Some("postgres" | "postgresql") => Err(Error::UnsupportedUrl {
-            reason:
-                "the PostgreSQL backend is not part of this build yet; use sqlite://PATH or memory:"
-                    .into(),
-        }),
+        Some("postgres" | "postgresql") => Ok(Arc::new(
+            authstore_postgres::PostgresStore::connect_url(url).await?,
+        )),
         _ => Err(Error::UnsupportedUrl {
             reason: format!(
-                "{:?} names no backend; use memory: or sqlite://PATH (e.g. sqlite://./authstore.db)",
+                "{:?} names no backend; use memory:, sqlite://PATH (e.g. sqlite://./authstore.db) \
+                 or postgres://USER@HOST/DB",
                 redact_url(url)
             ),
         }),
@@ -60,16 +60,20 @@ mod tests {
         let b = open(&url).await.unwrap();
         assert_eq!(b.backend_name(), "sqlite");
         b.migrate().await.unwrap();
-        for bad in [
-            "",
-            "mysql://x",
-            "memory:x",
-            "postgres://u:hunter2@h/db",
-            "nonsense",
-        ] {
+        for bad in ["", "mysql://u:hunter2@x/db", "memory:x", "nonsense"] {
             let e = open(bad).await.unwrap_err();
             assert!(matches!(e, Error::UnsupportedUrl { .. }), "{bad}: {e:?}");
             assert!(!e.to_string().contains("hunter2"), "no password in errors");
         }
+        // A PostgreSQL URL selects PostgreSQL: nothing listens on 127.0.0.1:1, so the
+        // connection fails fast, and no error shows the password.
+        let e = open("postgres://u:hunter2@127.0.0.1:1/db?connect_timeout=2")
+            .await
+            .unwrap_err();
+        assert!(e.is_temporary(), "{e:?}");
+        assert!(
+            !format!("{e} {e:?}").contains("hunter2"),
+            "no password in errors"
+        );
     }
 }
