@@ -383,6 +383,11 @@ pub struct CleanupOptions {
     pub batch_size: u32,
     /// Most batches per kind in one call; the report says whether more remain. Default 1000.
     pub max_batches: u32,
+    /// Stop starting new batches once this much time has passed since the call began (the
+    /// report then says `incomplete`; the next call goes on). Default 30 s; `None` means no
+    /// time bound (only `max_batches`). Measured with a monotonic clock: it bounds how long a
+    /// call runs, it is not domain time.
+    pub time_budget: Option<Duration>,
 }
 
 impl Default for CleanupOptions {
@@ -391,6 +396,7 @@ impl Default for CleanupOptions {
             retention: Duration::from_secs(86_400),
             batch_size: 1000,
             max_batches: 1000,
+            time_budget: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -410,7 +416,7 @@ pub struct CleanupReport {
     pub personal_access_tokens: u64,
     /// Authorization sessions.
     pub authorization_sessions: u64,
-    /// Whether a kind hit `max_batches`, so more may remain.
+    /// Whether a kind hit `max_batches` or the time budget ran out, so more may remain.
     pub incomplete: bool,
 }
 

@@ -119,6 +119,7 @@ impl MemoryStore {
     fn cleanup_kind<K: Copy>(
         &self,
         options: &CleanupOptions,
+        deadline: Option<std::time::Instant>,
         incomplete: &mut bool,
         find: impl FnOnce(&State, usize) -> Vec<K>,
         delete: impl Fn(&mut State, K) -> bool,
@@ -132,6 +133,10 @@ impl MemoryStore {
         }
         let mut deleted = 0;
         for chunk in candidates.chunks(batch) {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                *incomplete = true;
+                break;
+            }
             // One short critical section per batch: traffic runs between batches.
             let mut st = self.write();
             deleted += chunk
@@ -1024,16 +1029,19 @@ impl Maintenance for MemoryStore {
         }
         let cutoff = now.saturating_sub(options.retention);
         let mut r = CleanupReport::default();
+        let deadline = options.time_budget.map(|b| std::time::Instant::now() + b);
         let inc = &mut r.incomplete;
         // Tokens first, grants after: a grant whose last token goes now goes in this run.
         r.authorization_codes = self.cleanup_kind(
             options,
+            deadline,
             inc,
             |st, n| dead_keys(st.codes.iter(), n, |c| code_dead(c, cutoff)),
             |st, h| st.codes.get(&h).is_some_and(|c| code_dead(c, cutoff)) && st.remove_code(&h),
         );
         r.access_tokens = self.cleanup_kind(
             options,
+            deadline,
             inc,
             |st, n| dead_keys(st.access.iter(), n, |t| access_dead(t, cutoff)),
             |st, h| {
@@ -1042,6 +1050,7 @@ impl Maintenance for MemoryStore {
         );
         r.refresh_tokens = self.cleanup_kind(
             options,
+            deadline,
             inc,
             |st, n| dead_keys(st.refresh.iter(), n, |t| refresh_dead(t, cutoff)),
             |st, h| {
@@ -1052,6 +1061,7 @@ impl Maintenance for MemoryStore {
         // token depends on. Whatever is left of a revoked grant goes with it, uncounted.
         r.grants = self.cleanup_kind(
             options,
+            deadline,
             inc,
             |st, n| dead_keys(st.grants.iter(), n, |g| grant_dead(g, cutoff)),
             |st, id| {
@@ -1060,12 +1070,14 @@ impl Maintenance for MemoryStore {
         );
         r.personal_access_tokens = self.cleanup_kind(
             options,
+            deadline,
             inc,
             |st, n| dead_keys(st.pats.iter(), n, |p| pat_dead(p, cutoff)),
             |st, h| st.pats.get(&h).is_some_and(|p| pat_dead(p, cutoff)) && st.remove_pat(&h),
         );
         r.authorization_sessions = self.cleanup_kind(
             options,
+            deadline,
             inc,
             |st, n| dead_keys(st.sessions.iter(), n, |s| session_dead(s, cutoff)),
             |st, h| {

@@ -485,6 +485,7 @@ async fn cleanup_deletes_revoked_grants_whole_and_reports_incomplete() {
         retention: Duration::ZERO,
         batch_size: 2,
         max_batches: 2,
+        time_budget: None,
     };
     let r = s.cleanup(&opts, at(10)).await.unwrap();
     assert_eq!(

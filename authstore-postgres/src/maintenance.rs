@@ -113,10 +113,15 @@ impl PostgresStore {
         let cutoff = ts(now.saturating_sub(opts.retention));
         let batch = i64::from(opts.batch_size);
         let mut report = CleanupReport::default();
+        let deadline = opts.time_budget.map(|b| std::time::Instant::now() + b);
+        let out_of_time = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
         for pass in PASSES {
             let st = conn.prepare_cached(pass.sql).await.db()?;
             let mut finished = false;
             for _ in 0..opts.max_batches {
+                if out_of_time() {
+                    break;
+                }
                 // One statement, one short transaction per batch (autocommit).
                 let n = conn.execute(&st, &[&cutoff, &batch]).await.db()?;
                 *slot(&mut report, pass.kind) += n;
@@ -133,6 +138,9 @@ impl PostgresStore {
         // Grants left empty, in two steps per batch (see EMPTY_GRANTS_*).
         let mut finished = false;
         for _ in 0..opts.max_batches {
+            if out_of_time() {
+                break;
+            }
             let tx = conn.transaction().await.db()?;
             let lock = tx.prepare_cached(EMPTY_GRANTS_LOCK).await.db()?;
             let ids: Vec<uuid::Uuid> = tx

@@ -10,11 +10,7 @@ async fn harness() -> authstore_testsuite::Harness {
     authstore_core::backend::Maintenance::migrate(&store)
         .await
         .unwrap();
-    authstore_testsuite::Harness::with_files(
-        std::sync::Arc::new(store),
-        Vec::new(),
-        common::DropSchema(schema),
-    )
+    authstore_testsuite::Harness::with_guard(std::sync::Arc::new(store), common::DropSchema(schema))
 }
 
 authstore_testsuite::conformance_tests!(harness);

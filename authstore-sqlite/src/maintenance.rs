@@ -88,10 +88,15 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
     let cutoff = now.saturating_sub(opts.retention).as_unix_micros();
     let batch = i64::from(opts.batch_size);
     let mut report = CleanupReport::default();
+    let deadline = opts.time_budget.map(|b| std::time::Instant::now() + b);
+    let out_of_time = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
     for pass in PASSES {
         let mut deleted = 0u64;
         let mut finished = false;
         for _ in 0..opts.max_batches {
+            if out_of_time() {
+                break;
+            }
             // One short transaction per batch; the writer is free between batches.
             let n = {
                 let mut conn = inner.writer();

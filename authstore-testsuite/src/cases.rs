@@ -1849,6 +1849,14 @@ pub async fn cleanup_batches_and_concurrency(h: Harness) {
         max_batches: 3,
         ..Default::default()
     };
+    // An exhausted time budget starts no batch: nothing deleted, reported incomplete.
+    let no_time = CleanupOptions {
+        time_budget: Some(Duration::ZERO),
+        ..options
+    };
+    let r = s.cleanup(&no_time).await.unwrap();
+    assert_eq!(r.total(), 0, "{r:?}");
+    assert!(r.incomplete);
     let r = s.cleanup(&options).await.unwrap();
     assert_eq!(r.access_tokens, 21, "bounded: 3 batches of 7");
     assert!(r.incomplete);

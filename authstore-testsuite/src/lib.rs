@@ -52,6 +52,16 @@ impl Harness {
         }
     }
 
+    /// A harness for a backend without files, keeping `guard` alive for the test's duration
+    /// (e.g. something that drops a per-test schema).
+    pub fn with_guard(backend: Arc<dyn Backend>, guard: impl Any + Send + Sync) -> Self {
+        Self {
+            backend,
+            files: Vec::new(),
+            guard: Some(Box::new(guard)),
+        }
+    }
+
     /// A harness whose data lives in `files`, keeping `guard` alive.
     pub fn with_files(
         backend: Arc<dyn Backend>,
