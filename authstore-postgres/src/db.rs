@@ -67,6 +67,8 @@ fn temporary_state(s: &SqlState) -> bool {
 /// - foreign-key violation → [`Error::NotFound`] (what it refers to is gone);
 /// - lost or refused connections, timeouts, shutdowns, lock and serialization failures →
 ///   temporary [`Error::Backend`];
+/// - a TLS handshake the client refused (certificate not trusted or not for this host) →
+///   permanent [`Error::Backend`], although it comes as an I/O error;
 /// - anything else → permanent [`Error::Backend`].
 ///
 /// The source kept is either the driver error (which never holds values) or a
@@ -91,15 +93,24 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
         };
         return Error::backend(BACKEND, temporary, src);
     }
-    let temporary = e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) || {
-        // The driver's error kinds are private; its messages are fixed strings.
-        let msg = e.to_string();
-        msg.starts_with("error connecting")
-            || msg.starts_with("timeout")
-            || msg.starts_with("error communicating")
-            || msg.starts_with("connection closed")
-            || msg.starts_with("unexpected message")
-    };
+    // A TLS handshake the client refused (rustls: untrusted or misnamed certificate,
+    // protocol mismatch) comes as an `io::Error` wrapping a `rustls::Error`: permanent,
+    // unlike the network failures that are plain `io::Error`s.
+    let tls_refused = e
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.is::<rustls::Error>());
+    let temporary = !tls_refused
+        && (e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) || {
+            // The driver's error kinds are private; its messages are fixed strings.
+            let msg = e.to_string();
+            msg.starts_with("error connecting")
+                || msg.starts_with("timeout")
+                || msg.starts_with("error communicating")
+                || msg.starts_with("connection closed")
+                || msg.starts_with("unexpected message")
+        });
     Error::backend(BACKEND, temporary, e)
 }
 
