@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backend;
 mod error;
+pub mod migration;
 pub mod model;
 pub mod secret;
 mod store;

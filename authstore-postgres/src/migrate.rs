@@ -2,30 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use authstore_core::{Error, Result};
+use authstore_core::Result;
 use deadpool_postgres::GenericClient;
 
 use crate::db::Db;
 
-/// One schema migration: an immutable SQL file under `authstore-postgres/migrations/`,
-/// embedded in the binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Migration {
-    /// Its version (the file's number); applied in increasing order.
-    pub version: i64,
-    /// Its name (the rest of the file name).
-    pub name: &'static str,
-    /// Its SQL text.
-    pub sql: &'static str,
-}
-
-impl Migration {
-    /// The BLAKE3 hex digest of [`sql`](Self::sql), recorded in `schema_migrations` when the
-    /// migration is applied and compared on every later `migrate`.
-    pub fn checksum(&self) -> String {
-        blake3::hash(self.sql.as_bytes()).to_hex().to_string()
-    }
-}
+pub use authstore_core::migration::Migration;
 
 static MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -90,25 +72,7 @@ async fn applied<C: GenericClient>(c: &C) -> Result<BTreeMap<i64, (String, Strin
 
 /// Refuses a newer schema and edited migrations.
 fn verify(applied: &BTreeMap<i64, (String, String)>) -> Result<()> {
-    if let Some((&found, _)) = applied.last_key_value() {
-        if found > SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-    }
-    for m in MIGRATIONS {
-        if let Some((_, checksum)) = applied.get(&m.version) {
-            if *checksum != m.checksum() {
-                return Err(Error::MigrationChecksum {
-                    version: m.version,
-                    name: m.name.into(),
-                });
-            }
-        }
-    }
-    Ok(())
+    authstore_core::migration::verify_applied(MIGRATIONS, applied)
 }
 
 /// The advisory lock key of migrations in `schema` (`None`: the default schema): two
@@ -200,17 +164,11 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_in_order_and_end_at_schema_version() {
-        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
-        let expected: Vec<i64> = (1..=SCHEMA_VERSION).collect();
-        assert_eq!(versions, expected);
-        for m in MIGRATIONS {
-            assert!(
-                !m.sql.contains('\r'),
-                "migration {} has CR line endings",
-                m.version
-            );
-            assert_eq!(m.checksum().len(), 64);
-        }
+        authstore_core::migration::check_embedded(MIGRATIONS).unwrap();
+        assert_eq!(
+            authstore_core::migration::newest(MIGRATIONS),
+            SCHEMA_VERSION
+        );
     }
 
     #[test]

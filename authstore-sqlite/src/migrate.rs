@@ -2,31 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use authstore_core::{Clock, Error, SystemClock};
+use authstore_core::{Clock, SystemClock};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::db::R;
 use crate::write_tx;
 
-/// One schema migration: an immutable SQL file under `authstore-sqlite/migrations/`,
-/// embedded in the binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Migration {
-    /// Its version (the file's number); applied in increasing order.
-    pub version: i64,
-    /// Its name (the rest of the file name).
-    pub name: &'static str,
-    /// Its SQL text.
-    pub sql: &'static str,
-}
-
-impl Migration {
-    /// The BLAKE3 hex digest of [`sql`](Self::sql), recorded in `schema_migrations` when the
-    /// migration is applied and compared on every later `migrate`.
-    pub fn checksum(&self) -> String {
-        blake3::hash(self.sql.as_bytes()).to_hex().to_string()
-    }
-}
+pub use authstore_core::migration::Migration;
 
 static MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -82,27 +64,7 @@ fn applied(conn: &Connection) -> R<BTreeMap<i64, (String, String)>> {
 
 /// Refuses a newer schema and edited migrations.
 fn verify(applied: &BTreeMap<i64, (String, String)>) -> R<()> {
-    if let Some((&found, _)) = applied.last_key_value() {
-        if found > SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            }
-            .into());
-        }
-    }
-    for m in MIGRATIONS {
-        if let Some((_, checksum)) = applied.get(&m.version) {
-            if *checksum != m.checksum() {
-                return Err(Error::MigrationChecksum {
-                    version: m.version,
-                    name: m.name.into(),
-                }
-                .into());
-            }
-        }
-    }
-    Ok(())
+    authstore_core::migration::verify_applied(MIGRATIONS, applied).map_err(Into::into)
 }
 
 /// Applies every pending migration, each in its own `BEGIN IMMEDIATE` transaction that
@@ -149,16 +111,10 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_in_order_and_end_at_schema_version() {
-        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
-        let expected: Vec<i64> = (1..=SCHEMA_VERSION).collect();
-        assert_eq!(versions, expected);
-        for m in MIGRATIONS {
-            assert!(
-                !m.sql.contains('\r'),
-                "migration {} has CR line endings",
-                m.version
-            );
-            assert_eq!(m.checksum().len(), 64);
-        }
+        authstore_core::migration::check_embedded(MIGRATIONS).unwrap();
+        assert_eq!(
+            authstore_core::migration::newest(MIGRATIONS),
+            SCHEMA_VERSION
+        );
     }
 }
