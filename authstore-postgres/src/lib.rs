@@ -93,6 +93,39 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Group commit of token issuance
+//!
+//! With [`PostgresOptions::batch_issuance`] on (the default; URL `batch_issuance=false`
+//! turns it off), concurrent
+//! [`issue_tokens`](authstore_core::backend::GrantStore::issue_tokens) calls (every
+//! issuance of access and refresh tokens) are written together. Each store runs one task
+//! with a queue: it waits for one call, takes whatever else is queued at that moment (no
+//! waiting window; at most 256), and writes them in **one transaction** with multi-row
+//! statements (`INSERT … SELECT … FROM unnest($1::bytea[], …)`): the new grants (only for
+//! enabled clients), one `FOR KEY SHARE` check of the existing grants, the access tokens,
+//! the refresh tokens and the audit events. While a batch commits, new calls queue and form
+//! the next one; a batch of one is the single-call transaction, so a lone call costs one
+//! commit plus one task hand-off. The task holds no connection while idle and ends when
+//! the store is dropped.
+//!
+//! Each call still gets exactly the answer it would get alone: a call whose grant is
+//! missing or revoked, or whose client is missing or disabled, gets
+//! [`Error::Inactive`] and is left out of the writes; a record whose client disagrees with
+//! its grant gets [`Error::InvalidInput`]; calls the single path would refuse before
+//! reaching the database run alone. If a multi-row write fails for a reason of one call (a
+//! duplicate hash: [`Error::Conflict`]), the batch is rolled back and each of its calls
+//! runs alone. A temporary failure (lost connection, timeout, deadlock) reaches every call
+//! of the batch as a temporary error. A caller that stops waiting (its future dropped)
+//! after queueing may still have its tokens stored, as with a dropped single call that
+//! had sent its commit.
+//!
+//! It helps when many calls issue at once (a busy token endpoint): on the reference
+//! machine, 16 concurrent callers issued about 1.6× as many client_credentials tokens per
+//! second with it as without (fsync and synchronous commit on; 1.8× for the
+//! `issue_tokens` calls alone). A single caller pays the hand-off to the task (0.8–1.0× in
+//! our runs): turn it off where issuance is rare and latency matters more. [`PostgresStore::issuance_stats`] shows how much
+//! grouping happens.
 
 use std::fmt;
 use std::str::FromStr;
@@ -103,6 +136,7 @@ use std::time::Duration;
 use authstore_core::{Error, Result};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 
+mod batch;
 mod db;
 mod maintenance;
 mod migrate;
@@ -195,6 +229,12 @@ pub struct PostgresOptions {
     /// A PEM file of CA certificates to verify the server with under
     /// [`SslMode::VerifyFull`], instead of the Mozilla roots. URL: `sslrootcert`.
     pub ssl_root_cert: Option<String>,
+    /// Group commit of token issuance (default `true`): concurrent
+    /// [`issue_tokens`](authstore_core::backend::GrantStore::issue_tokens) calls are
+    /// written together, in one transaction with multi-row statements, by one task per
+    /// store (see the [crate documentation](crate#group-commit-of-token-issuance)).
+    /// `false` writes every call in its own transaction. URL: `batch_issuance=true|false`.
+    pub batch_issuance: bool,
 }
 
 impl Default for PostgresOptions {
@@ -207,6 +247,7 @@ impl Default for PostgresOptions {
             schema: None,
             ssl_mode: SslMode::Prefer,
             ssl_root_cert: None,
+            batch_issuance: true,
         }
     }
 }
@@ -272,12 +313,34 @@ pub struct PoolStatus {
     pub waiting: usize,
 }
 
+/// What group commit of token issuance has done since the store opened
+/// ([`PostgresStore::issuance_stats`]), for monitoring. All zero when
+/// [`PostgresOptions::batch_issuance`] is off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IssuanceStats {
+    /// Whether calls go through the batcher.
+    pub enabled: bool,
+    /// Transactions the batcher wrote (a batch of one included).
+    pub batches: u64,
+    /// Calls the batcher took; `requests / batches` is the mean batch size.
+    pub requests: u64,
+    /// Batches whose multi-row write failed for a reason of one request (a duplicate hash,
+    /// …) and whose requests were therefore run again one by one.
+    pub fallbacks: u64,
+    /// Calls waiting in the queue now.
+    pub queued: usize,
+}
+
 /// An authstore backend on PostgreSQL. Cheap to share: wrap it in an `Arc`; every clone of
 /// the `Arc` shares one pool.
 ///
 /// See the [crate documentation](crate) for the design.
 pub struct PostgresStore {
     inner: Arc<Inner>,
+    /// The queue of the issuance batcher, when [`PostgresOptions::batch_issuance`] is on.
+    /// Dropping the store drops it, which stops the task.
+    batcher: Option<batch::Batcher>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -384,9 +447,13 @@ impl PostgresStore {
         check_not_too_new(found)?;
         inner.schema_version.store(found, Ordering::Release);
         tracing::debug!(target = %inner.target, schema_version = found, "opened postgres store");
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let batcher = if inner.options.batch_issuance {
+            batch::Batcher::start(Arc::clone(&inner))
+        } else {
+            None
+        };
+        Ok(Self { inner, batcher })
     }
 
     /// The options in force (after URL parameters).
@@ -403,6 +470,15 @@ impl PostgresStore {
             available: s.available,
             waiting: s.waiting,
         }
+    }
+
+    /// What group commit of token issuance has done so far, for monitoring: a
+    /// `batches / requests` ratio well below 1 means calls are being grouped; a queue that
+    /// stays long means the database cannot keep up.
+    pub fn issuance_stats(&self) -> IssuanceStats {
+        self.batcher
+            .as_ref()
+            .map_or_else(IssuanceStats::default, batch::Batcher::stats)
     }
 }
 

@@ -18,13 +18,13 @@ use crate::db::{Db, Ts, json_no_nul, no_nul, no_nul_opt, opt_ts, ts};
 use crate::rows::{
     self, audit_cols, client_cols, code_cols, consent_cols, grant_cols, pat_cols, session_cols,
 };
-use crate::{BACKEND, PostgresStore};
+use crate::{BACKEND, Inner, PostgresStore};
 
 /// One statement parameter.
-type P<'a> = &'a (dyn ToSql + Sync);
+pub(crate) type P<'a> = &'a (dyn ToSql + Sync);
 
 /// Runs `sql` (prepared once per connection) and returns the rows it changed.
-async fn exec<C: GenericClient>(c: &C, sql: &str, p: &[P<'_>]) -> Result<u64> {
+pub(crate) async fn exec<C: GenericClient>(c: &C, sql: &str, p: &[P<'_>]) -> Result<u64> {
     let st = c.prepare_cached(sql).await.db()?;
     c.execute(&st, p).await.db()
 }
@@ -36,16 +36,16 @@ async fn opt<C: GenericClient>(c: &C, sql: &str, p: &[P<'_>]) -> Result<Option<R
 }
 
 /// Runs `sql` (prepared once per connection) and returns its rows.
-async fn all<C: GenericClient>(c: &C, sql: &str, p: &[P<'_>]) -> Result<Vec<Row>> {
+pub(crate) async fn all<C: GenericClient>(c: &C, sql: &str, p: &[P<'_>]) -> Result<Vec<Row>> {
     let st = c.prepare_cached(sql).await.db()?;
     c.query(&st, p).await.db()
 }
 
-fn subj(s: Option<&Subject>) -> Option<&str> {
+pub(crate) fn subj(s: Option<&Subject>) -> Option<&str> {
     s.map(Subject::as_str)
 }
 
-fn check_auth(a: &AuthContext) -> Result<()> {
+pub(crate) fn check_auth(a: &AuthContext) -> Result<()> {
     no_nul_opt("acr", a.acr.as_deref())?;
     a.amr.iter().try_for_each(|m| no_nul("amr", m))
 }
@@ -114,7 +114,7 @@ async fn live_grant_client<C: GenericClient>(c: &C, id: GrantId) -> Result<Optio
     .transpose()
 }
 
-fn same_client(expected: ClientId, got: ClientId) -> Result<()> {
+pub(crate) fn same_client(expected: ClientId, got: ClientId) -> Result<()> {
     if expected != got {
         return Err(Error::invalid(
             "client_id",
@@ -124,7 +124,7 @@ fn same_client(expected: ClientId, got: ClientId) -> Result<()> {
     Ok(())
 }
 
-fn same_grant(expected: GrantId, got: GrantId) -> Result<()> {
+pub(crate) fn same_grant(expected: GrantId, got: GrantId) -> Result<()> {
     if expected != got {
         return Err(Error::invalid(
             "grant_id",
@@ -150,7 +150,7 @@ fn describe(
     e
 }
 
-fn check_access(t: &AccessToken) -> Result<()> {
+pub(crate) fn check_access(t: &AccessToken) -> Result<()> {
     t.audience.iter().try_for_each(|a| no_nul("audience", a))?;
     check_auth(&t.auth)?;
     json_no_nul("claims", &t.claims)?;
@@ -481,6 +481,41 @@ async fn revoke_grant_stmt<C: GenericClient>(c: &C, id: GrantId, now: Timestamp)
     .await
 }
 
+/// [`GrantStore::issue_tokens`] for one call, in its own transaction: the path every
+/// call takes without batching, and the fallback of the batcher.
+pub(crate) async fn issue_one(inner: &Inner, issue: &TokenIssue, audit: &AuditEvent) -> Result<()> {
+    if let Some(g) = &issue.new_grant {
+        same_grant(issue.grant_id, g.id)?;
+    }
+    if let Some((_, t)) = &issue.access {
+        same_grant(issue.grant_id, t.grant_id)?;
+        check_access(t)?;
+    }
+    if let Some((_, t)) = &issue.refresh {
+        same_grant(issue.grant_id, t.grant_id)?;
+    }
+    let mut conn = inner.conn().await?;
+    let tx = conn.transaction().await.db()?;
+    if let Some(g) = &issue.new_grant {
+        if !insert_grant_if_client_active(&tx, g).await? {
+            return Err(Error::Inactive { kind: "grant" });
+        }
+    }
+    let Some(client) = live_grant_client(&tx, issue.grant_id).await? else {
+        return Err(Error::Inactive { kind: "grant" });
+    };
+    if let Some((hash, t)) = &issue.access {
+        same_client(client, t.client_id)?;
+        insert_access(&tx, hash, t).await?;
+    }
+    if let Some((hash, t)) = &issue.refresh {
+        same_client(client, t.client_id)?;
+        insert_refresh(&tx, hash, t).await?;
+    }
+    insert_audit(&tx, audit).await?;
+    tx.commit().await.db()
+}
+
 #[async_trait]
 impl GrantStore for PostgresStore {
     async fn issue_code(
@@ -579,36 +614,16 @@ impl GrantStore for PostgresStore {
     }
 
     async fn issue_tokens(&self, issue: &TokenIssue, audit: AuditEvent) -> Result<()> {
-        if let Some(g) = &issue.new_grant {
-            same_grant(issue.grant_id, g.id)?;
-        }
-        if let Some((_, t)) = &issue.access {
-            same_grant(issue.grant_id, t.grant_id)?;
-            check_access(t)?;
-        }
-        if let Some((_, t)) = &issue.refresh {
-            same_grant(issue.grant_id, t.grant_id)?;
-        }
-        let mut conn = self.inner.conn().await?;
-        let tx = conn.transaction().await.db()?;
-        if let Some(g) = &issue.new_grant {
-            if !insert_grant_if_client_active(&tx, g).await? {
-                return Err(Error::Inactive { kind: "grant" });
+        let audit = match &self.batcher {
+            Some(b) if crate::batch::batchable(issue, &audit) => {
+                match b.submit(issue, audit).await {
+                    crate::batch::Submitted::Done(r) => return r,
+                    crate::batch::Submitted::Alone(audit) => audit,
+                }
             }
-        }
-        let Some(client) = live_grant_client(&tx, issue.grant_id).await? else {
-            return Err(Error::Inactive { kind: "grant" });
+            _ => audit,
         };
-        if let Some((hash, t)) = &issue.access {
-            same_client(client, t.client_id)?;
-            insert_access(&tx, hash, t).await?;
-        }
-        if let Some((hash, t)) = &issue.refresh {
-            same_client(client, t.client_id)?;
-            insert_refresh(&tx, hash, t).await?;
-        }
-        insert_audit(&tx, &audit).await?;
-        tx.commit().await.db()
+        issue_one(&self.inner, issue, &audit).await
     }
 
     async fn get_grant(&self, id: GrantId) -> Result<Option<Grant>> {

@@ -10,7 +10,7 @@ use crate::{MAX_POOL_SIZE, PostgresOptions, SslMode};
 const ACCEPTED: &str = "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (or postgresql://), \
      optionally with ?pool_size=N&connect_timeout=SECONDS&acquire_timeout=SECONDS\
      &statement_timeout=MS&schema=NAME&sslmode=disable|prefer|require|verify-full\
-     &sslrootcert=PATH and any other libpq parameter tokio-postgres understands \
+     &sslrootcert=PATH&batch_issuance=true|false and any other libpq parameter tokio-postgres understands \
      (application_name, options, …)";
 
 fn unsupported(what: impl std::fmt::Display) -> Error {
@@ -120,6 +120,13 @@ pub(crate) fn parse(
             "sslrootcert" => {
                 opts.ssl_root_cert = Some(percent_decode(value)?);
             }
+            "batch_issuance" => {
+                opts.batch_issuance = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(unsupported("batch_issuance must be true or false")),
+                };
+            }
             "sslcert" | "sslkey" | "sslpassword" => {
                 return Err(unsupported(format!(
                     "`{key}` (client certificates) is not supported"
@@ -177,7 +184,7 @@ mod tests {
         let (c, o) = parse(
             "postgres://u:secret@db.example:6543/auth?pool_size=4&connect_timeout=3\
              &statement_timeout=250&schema=tenant_a&sslmode=require&application_name=x\
-             &acquire_timeout=2s",
+             &acquire_timeout=2s&batch_issuance=false",
             PostgresOptions::default(),
         )
         .unwrap();
@@ -187,6 +194,7 @@ mod tests {
         assert_eq!(o.statement_timeout, Some(Duration::from_millis(250)));
         assert_eq!(o.schema.as_deref(), Some("tenant_a"));
         assert_eq!(o.ssl_mode, SslMode::Require);
+        assert!(!o.batch_issuance);
         assert_eq!(c.get_application_name(), Some("x"));
         assert_eq!(c.get_dbname(), Some("auth"));
         assert_eq!(c.get_ports(), &[6543]);
@@ -197,6 +205,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.statement_timeout, None);
         assert_eq!(o.connect_timeout, Duration::from_millis(500));
+        assert!(o.batch_issuance, "on by default");
     }
 
     #[test]
@@ -213,6 +222,7 @@ mod tests {
             "postgres://u:secret@h/db?sslmode=verify-ca",
             "postgres://u:secret@h/db?sslmode=bogus",
             "postgres://u:secret@h/db?sslcert=/x",
+            "postgres://u:secret@h/db?batch_issuance=yes",
             "postgres://u:secret@h/db?bogus=1",
             "postgres://u:secret@h:notaport/db",
             "postgres://u:secret@h/db#frag",
