@@ -130,6 +130,22 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A sealed value names a key that is not in the sealing key ring. Add the key (as an
+    /// older key) until `reseal` has moved everything to the active key.
+    #[error(
+        "sealed value uses key {key_id:?}, which is not in the sealing key ring: add it to the older keys"
+    )]
+    SealingKeyUnknown {
+        /// The key id the value carries.
+        key_id: String,
+    },
+    /// A sealed value cannot be opened: it was altered, truncated, or belongs to another
+    /// row, column or table than the one it is read from.
+    #[error("sealed value cannot be opened: {reason}")]
+    SealedValueInvalid {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The storage backend failed. The source is kept; [`Error::is_temporary`] says whether
     /// retrying may help.
     #[error("{backend} backend error{}", if *.temporary { " (temporary: retry)" } else { "" })]
@@ -214,6 +230,8 @@ impl Error {
             Self::Config { .. } => "AS0015",
             Self::Backend { .. } => "AS0016",
             Self::InvalidScope { .. } => "AS0017",
+            Self::SealingKeyUnknown { .. } => "AS0018",
+            Self::SealedValueInvalid { .. } => "AS0019",
         }
     }
 }

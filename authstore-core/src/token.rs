@@ -390,6 +390,11 @@ impl TokenKey {
         &self.id
     }
 
+    /// The raw key, for the other keyed primitives of this crate (sealing).
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
     fn hash(&self, token: &[u8]) -> TokenHash {
         TokenHash(*blake3::keyed_hash(&self.key, token).as_bytes())
     }
