@@ -185,6 +185,9 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>, counters: Arc<C
     tracing::debug!("token issuance batcher stopped");
 }
 
+/// How long a batch waits for a row lock before its callers run alone.
+const BATCH_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
+
 /// Writes one batch and answers every caller.
 async fn process(inner: &Inner, mut batch: Vec<Request>, counters: &Counters) {
     if batch.len() == 1 {
@@ -199,6 +202,17 @@ async fn process(inner: &Inner, mut batch: Vec<Request>, counters: &Counters) {
             for (req, outcome) in batch.into_iter().zip(outcomes) {
                 // A caller that went away does not care.
                 let _ = req.reply.send(Reply::Done(outcome));
+            }
+        }
+        // A lock conflict is about some rows of the batch: the others need not fail with it.
+        Err(e) if crate::db::is_lock_conflict(&e) => {
+            counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                size = batch.len(),
+                "batched token issuance hit a lock; each request runs alone"
+            );
+            for req in batch {
+                let _ = req.reply.send(Reply::Alone(req.audit));
             }
         }
         Err(e) if e.is_temporary() => {
@@ -251,6 +265,10 @@ impl StdError for BatchFailure {}
 async fn write(inner: &Inner, batch: &[Request]) -> Result<Vec<Result<()>>> {
     let mut conn = inner.conn().await?;
     let tx = conn.transaction().await.db()?;
+    // A batch must not wait long on a row lock (a client being deleted, a cleanup): the
+    // whole node's issuance queues behind it. On a lock conflict the batch's callers run
+    // alone instead (see `process`).
+    tx.batch_execute(BATCH_LOCK_TIMEOUT).await.db()?;
     // New grants (if their client is enabled) and the state of existing grants, pipelined.
     // In either order each answer is one a sequence of single calls could give (a call
     // issuing into a grant another call of the batch creates sees it or not).

@@ -48,18 +48,48 @@ impl fmt::Display for ServerError {
 
 impl StdError for ServerError {}
 
+/// What a foreign-key violation reports as missing.
+const FK_MISSING: &str = "the client or grant it refers to";
+
+/// In the issue paths, a foreign-key violation means the grant or client went away during
+/// the call (deleted concurrently): the contract's answer is `Inactive`, as a check before
+/// the insert would have given.
+pub(crate) fn fk_as_inactive<T>(r: Result<T>) -> Result<T> {
+    match r {
+        Err(Error::NotFound { what }) if what == FK_MISSING => {
+            Err(Error::Inactive { kind: "grant" })
+        }
+        other => other,
+    }
+}
+
+/// Whether `e` is a lock conflict (lock timeout 55P03, deadlock 40P01): retrying the same
+/// work in smaller pieces may succeed at once.
+pub(crate) fn is_lock_conflict(e: &Error) -> bool {
+    match e {
+        Error::Backend { source, .. } => source
+            .downcast_ref::<ServerError>()
+            .is_some_and(|s| s.code == "55P03" || s.code == "40P01"),
+        _ => false,
+    }
+}
+
 /// Whether a server error code means "retrying may help".
 fn temporary_state(s: &SqlState) -> bool {
     let code = s.code();
     // 08: connection exception; 53: insufficient resources (too many connections, …);
-    // 57P0x: server shutting down or starting; 40: serialization failure / deadlock;
+    // 57P0x: server shutting down or starting (not 57P04, below); 40: serialization
+    // failure / deadlock;
     // 55P03: lock not available; 57014: statement timeout or cancel.
+    // 25006: read-only transaction (connected to a former primary after a failover).
+    // 57P04 (database dropped) is not: retrying cannot bring it back.
     code.starts_with("08")
         || code.starts_with("53")
-        || code.starts_with("57P")
+        || (code.starts_with("57P") && code != "57P04")
         || code.starts_with("40")
         || code == "55P03"
         || code == "57014"
+        || code == "25006"
 }
 
 /// Maps a tokio-postgres error:
@@ -82,7 +112,7 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
             };
         }
         if *state == SqlState::FOREIGN_KEY_VIOLATION {
-            return Error::not_found("the client or grant it refers to");
+            return Error::not_found(FK_MISSING);
         }
         let temporary = temporary_state(state);
         let src = ServerError {

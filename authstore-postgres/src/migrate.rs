@@ -75,11 +75,11 @@ fn verify(applied: &BTreeMap<i64, (String, String)>) -> Result<()> {
     authstore_core::migration::verify_applied(MIGRATIONS, applied)
 }
 
-/// The advisory lock key of migrations in `schema` (`None`: the default schema): two
-/// deployments in different schemas migrate independently.
-fn lock_key(schema: Option<&str>) -> i64 {
-    let h =
-        blake3::hash(format!("authstore-postgres migrate\0{}", schema.unwrap_or("")).as_bytes());
+/// The advisory lock key of migrations in `schema`: two deployments in different schemas
+/// migrate independently, and two naming the same schema differently (`schema=public`, no
+/// schema, `options=-c search_path=public`) share one lock.
+fn lock_key(schema: &str) -> i64 {
+    let h = blake3::hash(format!("authstore-postgres migrate\0{schema}").as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&h.as_bytes()[..8]);
     i64::from_be_bytes(b)
@@ -106,14 +106,26 @@ pub(crate) async fn migrate(
         .batch_execute("SET statement_timeout = 0")
         .await
         .db()?;
+    // The schema this connection really works in: the configured one (which may not exist
+    // yet), else the server's resolution of `search_path`.
+    let target = match schema {
+        Some(s) => s.to_owned(),
+        None => client
+            .query_one("SELECT coalesce(current_schema(), '')", &[])
+            .await
+            .db()?
+            .try_get::<_, String>(0)
+            .db()?,
+    };
+    let key = lock_key(&target);
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&lock_key(schema)])
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
         .await
         .db()?;
     let out = apply(&mut client, schema).await;
     // Closing the session would release it too; this just frees it sooner.
     let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(schema)])
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
         .await;
     out
 }
@@ -173,8 +185,7 @@ mod tests {
 
     #[test]
     fn lock_keys_differ_per_schema() {
-        assert_ne!(lock_key(Some("a")), lock_key(Some("b")));
-        assert_ne!(lock_key(None), lock_key(Some("public")));
-        assert_eq!(lock_key(Some("a")), lock_key(Some("a")));
+        assert_ne!(lock_key("a"), lock_key("b"));
+        assert_eq!(lock_key("a"), lock_key("a"));
     }
 }

@@ -423,6 +423,16 @@ impl ClientStore for PostgresStore {
     async fn delete_client(&self, id: ClientId, audit: AuditEvent) -> Result<bool> {
         let mut conn = self.inner.conn().await?;
         let tx = conn.transaction().await.db()?;
+        // Grants first: issuers hold `FOR KEY SHARE` on a grant and then need `KEY SHARE` on
+        // the client for their foreign-key check. Deleting the client first would lock it
+        // and then wait on the grant inside the cascade: a lock cycle (deadlock) with every
+        // issuance into that client. Taking the grant locks first makes us wait for them.
+        exec(
+            &tx,
+            "DELETE FROM grants WHERE client_id = $1",
+            &[id.as_uuid()],
+        )
+        .await?;
         let n = exec(&tx, "DELETE FROM clients WHERE id = $1", &[id.as_uuid()]).await?;
         if n == 0 {
             return Ok(false);
@@ -516,9 +526,8 @@ pub(crate) async fn issue_one(inner: &Inner, issue: &TokenIssue, audit: &AuditEv
     tx.commit().await.db()
 }
 
-#[async_trait]
-impl GrantStore for PostgresStore {
-    async fn issue_code(
+impl PostgresStore {
+    async fn issue_code_impl(
         &self,
         grant: &Grant,
         code_hash: &TokenHash,
@@ -558,6 +567,19 @@ impl GrantStore for PostgresStore {
         .await?;
         insert_audit(&tx, &audit).await?;
         tx.commit().await.db()
+    }
+}
+
+#[async_trait]
+impl GrantStore for PostgresStore {
+    async fn issue_code(
+        &self,
+        grant: &Grant,
+        code_hash: &TokenHash,
+        code: &AuthorizationCode,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        crate::db::fk_as_inactive(self.issue_code_impl(grant, code_hash, code, audit).await)
     }
 
     async fn consume_code(
@@ -623,7 +645,7 @@ impl GrantStore for PostgresStore {
             }
             _ => audit,
         };
-        issue_one(&self.inner, issue, &audit).await
+        crate::db::fk_as_inactive(issue_one(&self.inner, issue, &audit).await)
     }
 
     async fn get_grant(&self, id: GrantId) -> Result<Option<Grant>> {

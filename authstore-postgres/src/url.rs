@@ -79,6 +79,16 @@ pub(crate) fn parse(
         .filter(|p| !p.is_empty())
     {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // A key that is not a plain name means the URL was split in the wrong place: most
+        // likely an unescaped `?` in the password. Refuse (without echoing it: it may hold
+        // part of the password) rather than let our own parameters, such as `sslmode`, be
+        // silently ignored.
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(unsupported(
+                "malformed query parameter name: percent-encode `?`, `@`, `/`, `#` and `&` in \
+                 the user name and password",
+            ));
+        }
         if seen.contains(&key) {
             let shown: String = key.chars().take(40).collect();
             return Err(unsupported(format!("parameter `{shown}` is given twice")));
@@ -227,6 +237,8 @@ mod tests {
             "postgres://u:secret@h:notaport/db",
             "postgres://u:secret@h/db#frag",
             "postgres://u:secret@h/d\0b",
+            // An unescaped `?` in the password must not let `sslmode` slip past us.
+            "postgres://u:sec?ret@h/db?sslmode=require",
         ] {
             match parse(bad, PostgresOptions::default()) {
                 Err(Error::UnsupportedUrl { reason }) => {
