@@ -11,11 +11,22 @@
 //! hand-off to another thread costs tens, so **short statements run inline on the calling
 //! async task**: point reads (token validation, lookups), single-row writes and the
 //! compare-and-set transactions (consuming a code, rotating a refresh token) lock a
-//! connection, run, and unlock; no lock is ever held across an `.await`. Readers are picked
-//! round-robin with `try_lock`, falling back to waiting on one. **Long work** (migrations,
-//! cleanup batches, statistics, list and audit queries, set-based revocations by client,
-//! deleting a client with its cascade) runs on `tokio::task::spawn_blocking`. Cleanup locks
-//! the writer per batch and releases it between batches so traffic interleaves.
+//! connection, run, and unlock; no lock is ever held across an `.await`. **Long work**
+//! (migrations, cleanup batches, statistics, list and audit queries, set-based revocations
+//! by client, deleting a client with its cascade, large usage flushes) runs on
+//! `tokio::task::spawn_blocking`.
+//!
+//! An async worker must never block behind long work, so:
+//! - every use of the writer first takes the **writer gate**, a one-permit
+//!   `tokio::sync::Semaphore`. Inline writes `acquire().await` it (waiting parks the task,
+//!   not the worker thread) and then lock the writer's mutex, which is uncontended by then.
+//!   Long work takes the permit before it is spawned (or, for cleanup, per batch on its
+//!   blocking thread) and holds it for as long as it holds the writer. Cleanup releases
+//!   both between batches and backs off a couple of milliseconds on its blocking thread so
+//!   other processes get SQLite's write lock too;
+//! - reader 0 is **reserved for inline reads**: long reads pick among the others (if the
+//!   store has more than one reader), so when every reader is busy, an inline read waits
+//!   only behind other short inline reads. Readers are picked round-robin with `try_lock`.
 //!
 //! Every statement goes through `prepare_cached`, so each is prepared once per connection.
 //! Every write runs in a `BEGIN IMMEDIATE` transaction on the writer, so several processes
@@ -68,13 +79,16 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use authstore_core::{Error, Result};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 mod db;
 mod maintenance;
@@ -165,6 +179,11 @@ impl fmt::Debug for SqliteStore {
 pub(crate) struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// The writer gate: one permit, taken before `writer` is locked by anything but the
+    /// diagnostics in [`SqliteStore::pragma`], so async tasks wait for the writer
+    /// asynchronously instead of blocking a worker thread on the mutex.
+    gate: Arc<Semaphore>,
+    /// `readers[0]` is reserved for inline reads; long work uses the others.
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     /// The schema version last seen; methods refuse to run unless it is [`SCHEMA_VERSION`].
@@ -183,7 +202,7 @@ impl SqliteStore {
     /// [`Maintenance::migrate`](authstore_core::backend::Maintenance::migrate); until then
     /// store methods fail with [`Error::NotMigrated`].
     pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        let path = plain_file_path(path.as_ref())?;
         check_options(&path, &opts)?;
         if path.exists() {
             // A plain read-only look first: nothing may change if the schema is too new.
@@ -209,6 +228,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(writer),
+                gate: Arc::new(Semaphore::new(1)),
                 readers,
                 next_reader: AtomicUsize::new(0),
                 schema_version: AtomicI64::new(found),
@@ -301,6 +321,57 @@ impl SqliteStore {
             Err(_) => f(&inner),
         }
     }
+
+    /// Long work on the writer: takes the writer gate (waiting asynchronously), then runs
+    /// `f` on a blocking thread holding it; `f` uses the writer through
+    /// [`Inner::write_gated`]. The permit moves into the blocking task, so it is held until
+    /// the work ends even if this future is dropped.
+    async fn blocking_write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &Gate<'_>) -> Result<T> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.inner.gate)
+            .acquire_owned()
+            .await
+            .map_err(gate_closed)?;
+        self.blocking(move |inner| f(inner, &Gate::Owned(permit)))
+            .await
+    }
+}
+
+/// Proof that the caller holds the writer gate.
+pub(crate) enum Gate<'a> {
+    Owned(#[allow(dead_code)] OwnedSemaphorePermit),
+    Borrowed(#[allow(dead_code)] SemaphorePermit<'a>),
+}
+
+fn gate_closed(e: tokio::sync::AcquireError) -> Error {
+    // The gate is never closed; map it anyway rather than panic.
+    Error::backend(BACKEND, false, e)
+}
+
+/// Polls `fut` to completion on this thread, parking between polls. For blocking threads
+/// (and callers without a Tokio runtime) only: never call it on an async worker.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
 }
 
 fn check_options(path: &Path, opts: &SqliteOptions) -> Result<()> {
@@ -351,8 +422,33 @@ enum Role {
     Reader,
 }
 
+/// The path as a plain file name. The bundled SQLite is built with `SQLITE_USE_URI`, so a
+/// name starting with `file:` would be parsed as a URI whose options (`vfs=unix-none`,
+/// `nolock=1`, `mode=memory`, …) turn off locking or durability: such names get a `./`
+/// prefix, which makes them ordinary relative file names. In-memory databases are refused:
+/// readers and writer are separate connections and would each see their own database.
+fn plain_file_path(path: &Path) -> Result<PathBuf> {
+    let text = path.to_string_lossy();
+    if text.is_empty() {
+        return Err(Error::Config {
+            reason: "the database path is empty".into(),
+        });
+    }
+    if text.starts_with(":memory:") {
+        return Err(Error::Config {
+            reason: "in-memory SQLite databases are not supported (readers and writer are \
+                     separate connections); use a file in a temporary directory"
+                .into(),
+        });
+    }
+    if text.starts_with("file:") {
+        return Ok(Path::new(".").join(path));
+    }
+    Ok(path.to_path_buf())
+}
+
 fn open_connection(path: &Path, opts: &SqliteOptions, role: Role) -> Result<Connection> {
-    // No SQLITE_OPEN_URI: the path is a file name, never interpreted as a `file:` URI.
+    // The path has been through `plain_file_path`: never a `file:` URI.
     let flags = match role {
         Role::Writer => {
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -373,7 +469,14 @@ fn configure(conn: &Connection, opts: &SqliteOptions, role: Role) -> rusqlite::R
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode");
+            // Without WAL, readers block the writer and the concurrency this store is built
+            // for is gone (e.g. a file system without shared memory): refuse, loudly.
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!(
+                    "SQLite refused WAL mode (journal_mode stays {mode}); put the database on a local file system"
+                )),
+            ));
         }
     }
     conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())?;
@@ -431,12 +534,28 @@ impl Inner {
         }
     }
 
-    /// A reader connection: the first free one round-robin, else wait for one.
+    /// A reader connection for a short inline read: the first free one round-robin, else
+    /// wait for reader 0, which long work never takes (so the wait is behind short reads
+    /// only).
     fn reader(&self) -> MutexGuard<'_, Connection> {
-        let n = self.readers.len();
+        self.pick_reader(0)
+    }
+
+    /// A reader connection for long work (on a blocking thread): the first free one among
+    /// readers 1.. round-robin, else wait for one of them. Never reader 0, unless the store
+    /// has only one reader.
+    fn long_reader(&self) -> MutexGuard<'_, Connection> {
+        self.pick_reader(usize::from(self.readers.len() > 1))
+    }
+
+    /// The first free reader from `first` on (round-robin), else wait: for inline reads
+    /// (`first == 0`) on reader 0, for long work on one of readers `first..`.
+    fn pick_reader(&self, first: usize) -> MutexGuard<'_, Connection> {
+        let pool = self.readers.get(first..).unwrap_or_default();
+        let n = pool.len();
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
-            let Some(m) = self.readers.get((start + i) % n) else {
+            let Some(m) = pool.get((start + i) % n) else {
                 continue;
             };
             match m.try_lock() {
@@ -445,7 +564,12 @@ impl Inner {
                 Err(TryLockError::WouldBlock) => {}
             }
         }
-        match self.readers.get(start % n.max(1)) {
+        let wait_on = if first == 0 {
+            pool.first()
+        } else {
+            pool.get(start % n.max(1))
+        };
+        match wait_on {
             Some(m) => lock(m),
             // `open` guarantees at least one reader; fall back to the writer regardless.
             None => lock(&self.writer),
@@ -456,16 +580,45 @@ impl Inner {
         lock(&self.writer)
     }
 
-    /// Runs `f` on a reader connection (after the schema check).
+    /// Runs `f` inline on a reader connection (after the schema check): short reads only.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> R<T>) -> Result<T> {
         self.ready()?;
         let conn = self.reader();
         f(&conn).map_err(Error::from)
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer; commits if it returns
-    /// `Ok`, rolls back otherwise.
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> R<T>) -> Result<T> {
+    /// Runs `f` on a reader connection for long work (on a blocking thread), never on the
+    /// reader reserved for inline reads (after the schema check).
+    fn read_long<T>(&self, f: impl FnOnce(&Connection) -> R<T>) -> Result<T> {
+        self.ready()?;
+        let conn = self.long_reader();
+        f(&conn).map_err(Error::from)
+    }
+
+    /// Runs `f` inline in a `BEGIN IMMEDIATE` transaction on the writer; commits if it
+    /// returns `Ok`, rolls back otherwise. Waits for the writer gate asynchronously, so a
+    /// writer held by long work parks this task, not the worker thread.
+    async fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> R<T>) -> Result<T> {
+        self.ready()?;
+        let permit = self.gate.acquire().await.map_err(gate_closed)?;
+        self.write_gated(&Gate::Borrowed(permit), f)
+    }
+
+    /// Takes the writer gate from a blocking thread (or a caller without a runtime).
+    fn gate_blocking(&self) -> Result<Gate<'_>> {
+        let permit = match self.gate.try_acquire() {
+            Ok(p) => p,
+            Err(_) => block_on(self.gate.acquire()).map_err(gate_closed)?,
+        };
+        Ok(Gate::Borrowed(permit))
+    }
+
+    /// Like [`Inner::write`], for a caller that already holds the writer gate.
+    fn write_gated<T>(
+        &self,
+        _gate: &Gate<'_>,
+        f: impl FnOnce(&Transaction<'_>) -> R<T>,
+    ) -> Result<T> {
         self.ready()?;
         let mut conn = self.writer();
         write_tx(&mut conn, f).map_err(Error::from)
@@ -478,4 +631,41 @@ fn write_tx<T>(conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> R<T>) 
     let out = f(&tx)?;
     tx.commit()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn file_uris_become_plain_file_names() {
+        for uri in [
+            "file:a.db?nolock=1",
+            "file:b.db?vfs=unix-none",
+            "file:c.db?mode=memory",
+        ] {
+            let p = plain_file_path(Path::new(uri)).unwrap();
+            assert!(p.starts_with("."), "{uri} -> {}", p.display());
+        }
+        assert!(plain_file_path(Path::new(":memory:")).is_err());
+        assert!(plain_file_path(Path::new("")).is_err());
+        assert_eq!(
+            plain_file_path(Path::new("/x/a.db")).unwrap(),
+            Path::new("/x/a.db")
+        );
+    }
+
+    #[test]
+    fn a_file_uri_is_never_opened_as_a_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("y.db");
+        // As a URI this would open `target` with locking off; as a plain (relative) name it
+        // points into a directory `./file:` that does not exist.
+        let r = SqliteStore::open(
+            format!("file:{}?nolock=1", target.display()),
+            SqliteOptions::default(),
+        );
+        assert!(r.is_err());
+        assert!(!target.exists(), "the URI's target was not opened");
+    }
 }

@@ -1,123 +1,256 @@
 //! Migrations, cleanup and statistics: long work, run on blocking threads.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use authstore_core::backend::{CleanupOptions, CleanupReport, KindStats, Maintenance, Stats};
 use authstore_core::{Error, Result, Timestamp};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Transaction, params};
 
 use crate::db::R;
-use crate::{Inner, SqliteStore, migrate, write_tx};
+use crate::{Inner, SqliteStore, migrate};
 
 /// The most rows one cleanup batch may delete.
 const MAX_BATCH: u32 = 100_000;
 
-/// One cleanup pass: a `DELETE` of at most `?2` rows dead at or before the cutoff `?1`.
-struct Pass {
-    kind: Kind,
-    sql: &'static str,
-}
+/// How long cleanup pauses between two batches of a pass, on its blocking thread.
+const BACK_OFF: Duration = Duration::from_millis(2);
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Codes,
-    Access,
-    Refresh,
-    Grants,
-    Pats,
-    Sessions,
-}
+/// The fewest grants the empty-grants pass examines in one batch, looking for a batch of
+/// empty ones (at most `max(16 × batch, this)`): bounds the write lock's hold time when
+/// live grants far outnumber empty ones.
+const MIN_GRANT_SCAN: i64 = 10_000;
 
-/// In order: tokens first, so grants they leave behind can go in the same run.
-const PASSES: &[Pass] = &[
-    Pass {
-        kind: Kind::Codes,
-        sql: "DELETE FROM authorization_codes WHERE hash IN (
-                  SELECT hash FROM authorization_codes WHERE expires_at <= ?1 LIMIT ?2)",
-    },
-    Pass {
-        kind: Kind::Access,
-        sql: "DELETE FROM access_tokens WHERE hash IN (
-                  SELECT hash FROM access_tokens
-                  WHERE expires_at <= ?1 OR revoked_at <= ?1 LIMIT ?2)",
-    },
-    Pass {
-        kind: Kind::Refresh,
-        // A rotated token stays until its own expiry: reuse detection needs it.
-        sql: "DELETE FROM refresh_tokens WHERE hash IN (
-                  SELECT hash FROM refresh_tokens
-                  WHERE expires_at <= ?1 OR idle_expires_at <= ?1 OR revoked_at <= ?1
-                  LIMIT ?2)",
-    },
-    Pass {
-        kind: Kind::Grants,
-        // Revoked grants, with whatever is left of them (by cascade): all of it is dead.
-        sql: "DELETE FROM grants WHERE id IN (
-                  SELECT id FROM grants WHERE revoked_at <= ?1 LIMIT ?2)",
-    },
-    Pass {
-        kind: Kind::Grants,
-        // Old unrevoked grants nothing refers to any more. Checked and deleted in one
-        // statement of one write transaction, so a token issued concurrently into the
-        // grant either commits first (and keeps it) or finds it gone (Inactive).
-        sql: "DELETE FROM grants WHERE id IN (
-                  SELECT g.id FROM grants AS g
-                  WHERE g.revoked_at IS NULL AND g.created_at <= ?1
-                    AND NOT EXISTS (SELECT 1 FROM authorization_codes AS c WHERE c.grant_id = g.id)
-                    AND NOT EXISTS (SELECT 1 FROM access_tokens AS a WHERE a.grant_id = g.id)
-                    AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.grant_id = g.id)
-                  LIMIT ?2)",
-    },
-    Pass {
-        kind: Kind::Pats,
-        sql: "DELETE FROM personal_access_tokens WHERE rowid IN (
-                  SELECT rowid FROM personal_access_tokens
-                  WHERE expires_at <= ?1 OR revoked_at <= ?1 LIMIT ?2)",
-    },
-    Pass {
-        kind: Kind::Sessions,
-        sql: "DELETE FROM authorization_sessions WHERE hash IN (
-                  SELECT hash FROM authorization_sessions
-                  WHERE expires_at <= ?1 OR completed_at <= ?1 LIMIT ?2)",
-    },
+/// Single-statement passes: a `DELETE` of at most `?2` rows dead at or before the cutoff
+/// `?1`. Each predicate is driven by indexes (`EXPLAIN QUERY PLAN` shows `SEARCH`, or a
+/// `MULTI-INDEX OR` of searches).
+const CODES: &str = "DELETE FROM authorization_codes WHERE hash IN (
+    SELECT hash FROM authorization_codes WHERE expires_at <= ?1 LIMIT ?2)";
+const ACCESS: &str = "DELETE FROM access_tokens WHERE hash IN (
+    SELECT hash FROM access_tokens WHERE expires_at <= ?1 OR revoked_at <= ?1 LIMIT ?2)";
+const PATS: &str = "DELETE FROM personal_access_tokens WHERE rowid IN (
+    SELECT rowid FROM personal_access_tokens
+    WHERE expires_at <= ?1 OR revoked_at <= ?1 LIMIT ?2)";
+const SESSIONS: &str = "DELETE FROM authorization_sessions WHERE hash IN (
+    SELECT hash FROM authorization_sessions
+    WHERE expires_at <= ?1 OR completed_at <= ?1 LIMIT ?2)";
+
+/// The refresh pass, one statement per condition: SQLite plans the three-way `OR` as a
+/// full scan of `refresh_tokens`, each of these as a search of its own index. A rotated
+/// token stays until its own expiry: reuse detection needs it.
+pub(crate) const REFRESH: [&str; 3] = [
+    "DELETE FROM refresh_tokens WHERE hash IN (
+         SELECT hash FROM refresh_tokens WHERE expires_at <= ?1 LIMIT ?2)",
+    "DELETE FROM refresh_tokens WHERE hash IN (
+         SELECT hash FROM refresh_tokens WHERE idle_expires_at <= ?1 LIMIT ?2)",
+    "DELETE FROM refresh_tokens WHERE hash IN (
+         SELECT hash FROM refresh_tokens WHERE revoked_at <= ?1 LIMIT ?2)",
 ];
+
+/// Grants revoked at or before the cutoff `?1`, oldest revocation first, at most `?2`.
+const REVOKED_GRANTS: &str =
+    "SELECT id FROM grants WHERE revoked_at <= ?1 ORDER BY revoked_at, id LIMIT ?2";
+
+/// What is left of one grant (`?1`), at most `?2` rows a statement.
+const GRANT_CHILDREN: [&str; 3] = [
+    "DELETE FROM authorization_codes WHERE hash IN (
+         SELECT hash FROM authorization_codes WHERE grant_id = ?1 LIMIT ?2)",
+    "DELETE FROM access_tokens WHERE hash IN (
+         SELECT hash FROM access_tokens WHERE grant_id = ?1 LIMIT ?2)",
+    "DELETE FROM refresh_tokens WHERE hash IN (
+         SELECT hash FROM refresh_tokens WHERE grant_id = ?1 LIMIT ?2)",
+];
+
+/// Old unrevoked grants after the cursor `(?2, ?3)` in `(created_at, id)` order (the
+/// `grants_created_at` index: a `WITHOUT ROWID` index carries the key), at most `?4`, each
+/// with whether nothing refers to it any more.
+const OLD_GRANTS: &str = "SELECT g.created_at, g.id,
+        NOT EXISTS (SELECT 1 FROM authorization_codes AS c WHERE c.grant_id = g.id)
+        AND NOT EXISTS (SELECT 1 FROM access_tokens AS a WHERE a.grant_id = g.id)
+        AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.grant_id = g.id)
+    FROM grants AS g
+    WHERE g.revoked_at IS NULL AND g.created_at <= ?1 AND (g.created_at, g.id) > (?2, ?3)
+    ORDER BY g.created_at, g.id LIMIT ?4";
+
+/// Deletes an old grant found empty, checking again in the deleting transaction: a token
+/// issued concurrently into it either committed first (and keeps it) or finds it gone
+/// (`Inactive`).
+const DELETE_EMPTY_GRANT: &str = "DELETE FROM grants AS g
+    WHERE g.id = ?1 AND g.revoked_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM authorization_codes AS c WHERE c.grant_id = g.id)
+      AND NOT EXISTS (SELECT 1 FROM access_tokens AS a WHERE a.grant_id = g.id)
+      AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.grant_id = g.id)";
+
+/// One batch of a pass, in one write transaction: rows counted, and whether the pass is
+/// done.
+type Batch<'a> = dyn FnMut(&Transaction<'_>) -> R<(u64, bool)> + 'a;
+
+/// Limits of one cleanup call.
+struct Run {
+    max_batches: u32,
+    deadline: Option<Instant>,
+}
+
+impl Run {
+    fn out_of_time(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Runs `batch` until it says done, `max_batches` ran or time is up; returns the rows
+    /// counted and whether the pass finished. Each batch takes the writer gate and the
+    /// writer for one short transaction and releases both before the next.
+    fn pass(&self, inner: &Inner, batch: &mut Batch<'_>) -> Result<(u64, bool)> {
+        let mut counted = 0u64;
+        for i in 0..self.max_batches {
+            if i > 0 {
+                // Operational back-off, not a test wait: with the writer gate and the
+                // writer released, give other processes on this file a real chance at
+                // SQLite's write lock (our own tasks get the gate in FIFO order anyway).
+                // This runs on the blocking thread, never on an async worker.
+                std::thread::sleep(BACK_OFF);
+            }
+            if self.out_of_time() {
+                break;
+            }
+            let (n, done) = {
+                let gate = inner.gate_blocking()?;
+                inner.write_gated(&gate, &mut *batch)?
+            };
+            counted += n;
+            if done {
+                return Ok((counted, true));
+            }
+        }
+        Ok((counted, false))
+    }
+}
+
+/// A single-statement pass: done when a batch deletes fewer than `batch` rows.
+fn simple(
+    sql: &'static str,
+    cutoff: i64,
+    batch: i64,
+) -> impl FnMut(&Transaction<'_>) -> R<(u64, bool)> {
+    move |tx| {
+        let n = tx.prepare_cached(sql)?.execute(params![cutoff, batch])?;
+        Ok((n as u64, (n as i64) < batch))
+    }
+}
+
+/// The refresh pass: its three statements share one batch's budget.
+fn refresh(cutoff: i64, batch: i64) -> impl FnMut(&Transaction<'_>) -> R<(u64, bool)> {
+    move |tx| {
+        let mut left = batch;
+        for sql in REFRESH {
+            if left == 0 {
+                break;
+            }
+            left -= tx.prepare_cached(sql)?.execute(params![cutoff, left])? as i64;
+        }
+        Ok(((batch - left) as u64, left > 0))
+    }
+}
+
+/// Revoked grants, with whatever is left of them. Their codes and tokens are deleted
+/// first, grant by grant, at most `batch` rows a batch in all (so one batch never cascades
+/// over an unbounded number of rows); then the emptied grant. Only grants are counted: a
+/// code or token deleted here goes *with its grant*, as it would have by cascade (anything
+/// dead by its own rule was already deleted, and counted, by its own pass).
+fn revoked_grants(cutoff: i64, batch: i64) -> impl FnMut(&Transaction<'_>) -> R<(u64, bool)> {
+    move |tx| {
+        let ids = tx
+            .prepare_cached(REVOKED_GRANTS)?
+            .query_map(params![cutoff, batch], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut left = batch;
+        let mut grants = 0u64;
+        for id in &ids {
+            for sql in GRANT_CHILDREN {
+                if left == 0 {
+                    return Ok((grants, false));
+                }
+                left -= tx.prepare_cached(sql)?.execute(params![id, left])? as i64;
+            }
+            if left == 0 {
+                // Perhaps not empty yet: the next batch goes on with it.
+                return Ok((grants, false));
+            }
+            let n = tx
+                .prepare_cached("DELETE FROM grants WHERE id = ?1")?
+                .execute([id])?;
+            grants += n as u64;
+            left -= n as i64;
+        }
+        Ok((grants, (ids.len() as i64) < batch))
+    }
+}
+
+/// Old unrevoked grants nothing refers to any more, at most `batch` a batch. A cursor on
+/// `(created_at, id)` carries over between batches of one call, so live grants are
+/// examined once per call, not once per batch; one batch examines at most `scan` grants.
+fn empty_grants(cutoff: i64, batch: i64) -> impl FnMut(&Transaction<'_>) -> R<(u64, bool)> {
+    let scan = batch.saturating_mul(16).max(MIN_GRANT_SCAN);
+    let mut cursor: (i64, Vec<u8>) = (i64::MIN, Vec::new());
+    move |tx| {
+        let mut empty = Vec::new();
+        let mut examined = 0i64;
+        let mut reached_end = true;
+        {
+            let mut stmt = tx.prepare_cached(OLD_GRANTS)?;
+            let mut rows = stmt.query(params![cutoff, cursor.0, cursor.1, scan])?;
+            while let Some(row) = rows.next()? {
+                examined += 1;
+                let at: i64 = row.get(0)?;
+                let id: Vec<u8> = row.get(1)?;
+                let is_empty: bool = row.get(2)?;
+                if is_empty {
+                    empty.push(id.clone());
+                }
+                cursor = (at, id);
+                if empty.len() as i64 == batch {
+                    reached_end = false;
+                    break;
+                }
+            }
+        }
+        if examined == scan {
+            reached_end = false;
+        }
+        let mut deleted = 0u64;
+        let mut stmt = tx.prepare_cached(DELETE_EMPTY_GRANT)?;
+        for id in &empty {
+            deleted += stmt.execute([id])? as u64;
+        }
+        Ok((deleted, reached_end))
+    }
+}
 
 fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<CleanupReport> {
     inner.ready()?;
     let cutoff = now.saturating_sub(opts.retention).as_unix_micros();
     let batch = i64::from(opts.batch_size);
+    let run = Run {
+        max_batches: opts.max_batches,
+        deadline: opts.time_budget.map(|b| Instant::now() + b),
+    };
     let mut report = CleanupReport::default();
-    let deadline = opts.time_budget.map(|b| std::time::Instant::now() + b);
-    let out_of_time = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
-    for pass in PASSES {
-        let mut deleted = 0u64;
-        let mut finished = false;
-        for _ in 0..opts.max_batches {
-            if out_of_time() {
-                break;
-            }
-            // One short transaction per batch; the writer is free between batches.
-            let n = {
-                let mut conn = inner.writer();
-                write_tx(&mut conn, |tx| {
-                    Ok(tx
-                        .prepare_cached(pass.sql)?
-                        .execute(params![cutoff, batch])?)
-                })
-                .map_err(Error::from)?
-            };
-            deleted += n as u64;
-            if (n as i64) < batch {
-                finished = true;
-                break;
-            }
-            std::thread::yield_now();
-        }
+    // Tokens first, so grants they leave behind can go in the same run.
+    let passes: [(Kind, Box<Batch<'_>>); 7] = [
+        (Kind::Codes, Box::new(simple(CODES, cutoff, batch))),
+        (Kind::Access, Box::new(simple(ACCESS, cutoff, batch))),
+        (Kind::Refresh, Box::new(refresh(cutoff, batch))),
+        (Kind::Grants, Box::new(revoked_grants(cutoff, batch))),
+        (Kind::Grants, Box::new(empty_grants(cutoff, batch))),
+        (Kind::Pats, Box::new(simple(PATS, cutoff, batch))),
+        (Kind::Sessions, Box::new(simple(SESSIONS, cutoff, batch))),
+    ];
+    for (kind, mut batch) in passes {
+        let (deleted, finished) = run.pass(inner, &mut *batch)?;
         if !finished {
             report.incomplete = true;
         }
-        let slot = match pass.kind {
+        let slot = match kind {
             Kind::Codes => &mut report.authorization_codes,
             Kind::Access => &mut report.access_tokens,
             Kind::Refresh => &mut report.refresh_tokens,
@@ -131,6 +264,16 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
         tracing::debug!(?report, "sqlite cleanup");
     }
     Ok(report)
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Codes,
+    Access,
+    Refresh,
+    Grants,
+    Pats,
+    Sessions,
 }
 
 fn count(v: i64) -> u64 {
@@ -194,7 +337,7 @@ fn stats(inner: &Inner, now: Timestamp) -> Result<Stats> {
     inner.ready()?;
     let now = now.as_unix_micros();
     let path = inner.path.clone();
-    inner.read(move |conn| {
+    inner.read_long(move |conn| {
         // One read transaction: every count is of the same snapshot.
         let tx = conn.unchecked_transaction()?;
         let (clients, disabled_clients): (i64, i64) = tx
@@ -252,7 +395,7 @@ fn check_cleanup_options(o: &CleanupOptions) -> Result<()> {
 #[async_trait]
 impl Maintenance for SqliteStore {
     async fn migrate(&self) -> Result<Vec<i64>> {
-        self.blocking(|inner| {
+        self.blocking_write(|inner, _gate| {
             let mut conn = inner.writer();
             let applied = migrate::migrate(&mut conn).map_err(Error::from)?;
             let version = migrate::schema_version(&conn).map_err(Error::from)?;
@@ -271,5 +414,144 @@ impl Maintenance for SqliteStore {
 
     async fn stats(&self, now: Timestamp) -> Result<Stats> {
         self.blocking(move |inner| stats(inner, now)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::Poll;
+
+    use authstore_core::backend::{ClientStore, GrantStore};
+    use authstore_core::{AuditContext, AuditEvent, AuditKind, ClientId, TokenHash};
+
+    use super::*;
+    use crate::SqliteOptions;
+
+    const T0: Timestamp = Timestamp::from_unix_micros(1_800_000_000_000_000);
+
+    fn plan(conn: &Connection, sql: &str, n: usize) -> Vec<String> {
+        let params: Vec<i64> = vec![0; n];
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn cleanup_statements_use_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate::migrate(&mut conn).unwrap();
+        let mut statements: Vec<(&str, usize)> = REFRESH.iter().map(|s| (*s, 2)).collect();
+        statements.extend(GRANT_CHILDREN.iter().map(|s| (*s, 2)));
+        statements.extend([
+            (CODES, 2),
+            (ACCESS, 2),
+            (PATS, 2),
+            (SESSIONS, 2),
+            (REVOKED_GRANTS, 2),
+            (OLD_GRANTS, 4),
+            (DELETE_EMPTY_GRANT, 1),
+        ]);
+        for (sql, n) in statements {
+            let p = plan(&conn, sql, n);
+            assert!(!p.iter().any(|l| l.starts_with("SCAN")), "{sql}\n{p:#?}");
+            assert!(
+                !p.iter().any(|l| l.contains("TEMP B-TREE")),
+                "{sql}\n{p:#?}"
+            );
+        }
+        // The single three-way OR it replaces was a full scan.
+        let old = "SELECT hash FROM refresh_tokens
+                   WHERE expires_at <= ?1 OR idle_expires_at <= ?1 OR revoked_at <= ?1 LIMIT ?2";
+        let p = plan(&conn, old, 2);
+        assert!(
+            p.iter().any(|l| l.starts_with("SCAN refresh_tokens")),
+            "{p:#?}"
+        );
+    }
+
+    /// Polls `fut` once.
+    async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
+    }
+
+    /// On a one-thread runtime, a write waiting for a writer held by long work parks its
+    /// task instead of blocking the thread: validation goes on meanwhile.
+    #[test]
+    fn a_write_waiting_for_long_work_does_not_block_the_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(
+                SqliteStore::open(dir.path().join("t.db"), SqliteOptions::default()).unwrap(),
+            );
+            store.migrate().await.unwrap();
+            let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            let long = {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    store
+                        .blocking_write(move |inner, _gate| {
+                            let _writer = inner.writer();
+                            held_tx.send(()).unwrap();
+                            release_rx.recv().unwrap();
+                            Ok(())
+                        })
+                        .await
+                })
+            };
+            held_rx.await.unwrap();
+            let event = AuditEvent::new(AuditKind::ClientUpdated, T0, &AuditContext::default());
+            let mut write = Box::pin(store.set_client_disabled(ClientId::new_at(T0), true, event));
+            assert!(
+                poll_once(&mut write).await.is_pending(),
+                "waits for the gate"
+            );
+            // The only thread is free: a validation runs.
+            let found = store
+                .find_access_token(&TokenHash::from_bytes([7; 32]), T0)
+                .await
+                .unwrap();
+            assert!(found.is_none());
+            release_tx.send(()).unwrap();
+            long.await.unwrap().unwrap();
+            // Then the write runs (the client does not exist).
+            assert!(matches!(
+                write.await,
+                Err(authstore_core::Error::NotFound { .. })
+            ));
+        });
+    }
+
+    /// Long reads never take reader 0, so an inline read finds it free.
+    #[test]
+    fn long_reads_leave_the_inline_reader_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteOptions {
+            readers: 3,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(dir.path().join("t.db"), opts).unwrap();
+        // No runtime: long work runs inline.
+        crate::block_on(store.migrate()).unwrap();
+        let inner = &store.inner;
+        let held = [inner.long_reader(), inner.long_reader()];
+        assert!(inner.readers[0].try_lock().is_ok(), "reader 0 is free");
+        let one: i64 = inner
+            .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(one, 1);
+        drop(held);
     }
 }

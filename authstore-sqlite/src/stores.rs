@@ -233,34 +233,36 @@ impl ClientStore for SqliteStore {
         audit: AuditEvent,
     ) -> Result<()> {
         let enc = ClientEnc::new(client)?;
-        self.inner.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO clients (id, name, client_type, secret_hash, redirect_uris,
+        self.inner
+            .write(|tx| {
+                tx.prepare_cached(
+                    "INSERT INTO clients (id, name, client_type, secret_hash, redirect_uris,
                      grant_types, scopes, token_endpoint_auth_method, access_token_ttl_us,
                      refresh_token_ttl_us, refresh_idle_ttl_us, authorization_code_ttl_us,
                      metadata, created_at, updated_at, disabled)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?
-            .execute(params![
-                client.id.b(),
-                client.name,
-                client.client_type.as_str(),
-                secret_hash.map(Bytes::b),
-                enc.redirect_uris,
-                enc.grant_types,
-                enc.scopes,
-                client.token_endpoint_auth_method.as_str(),
-                enc.lifetimes[0],
-                enc.lifetimes[1],
-                enc.lifetimes[2],
-                enc.lifetimes[3],
-                enc.metadata,
-                us(client.created_at),
-                us(client.updated_at),
-                client.disabled,
-            ])?;
-            insert_audit(tx, &audit)
-        })
+                )?
+                .execute(params![
+                    client.id.b(),
+                    client.name,
+                    client.client_type.as_str(),
+                    secret_hash.map(Bytes::b),
+                    enc.redirect_uris,
+                    enc.grant_types,
+                    enc.scopes,
+                    client.token_endpoint_auth_method.as_str(),
+                    enc.lifetimes[0],
+                    enc.lifetimes[1],
+                    enc.lifetimes[2],
+                    enc.lifetimes[3],
+                    enc.metadata,
+                    us(client.created_at),
+                    us(client.updated_at),
+                    client.disabled,
+                ])?;
+                insert_audit(tx, &audit)
+            })
+            .await
     }
 
     async fn get_client(&self, id: ClientId) -> Result<Option<Client>> {
@@ -300,36 +302,38 @@ impl ClientStore for SqliteStore {
 
     async fn update_client(&self, client: &Client, audit: AuditEvent) -> Result<()> {
         let enc = ClientEnc::new(client)?;
-        self.inner.write(|tx| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE clients SET name = ?2, client_type = ?3, redirect_uris = ?4,
+        self.inner
+            .write(|tx| {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE clients SET name = ?2, client_type = ?3, redirect_uris = ?4,
                          grant_types = ?5, scopes = ?6, token_endpoint_auth_method = ?7,
                          access_token_ttl_us = ?8, refresh_token_ttl_us = ?9,
                          refresh_idle_ttl_us = ?10, authorization_code_ttl_us = ?11,
                          metadata = ?12, updated_at = ?13
                      WHERE id = ?1",
-                )?
-                .execute(params![
-                    client.id.b(),
-                    client.name,
-                    client.client_type.as_str(),
-                    enc.redirect_uris,
-                    enc.grant_types,
-                    enc.scopes,
-                    client.token_endpoint_auth_method.as_str(),
-                    enc.lifetimes[0],
-                    enc.lifetimes[1],
-                    enc.lifetimes[2],
-                    enc.lifetimes[3],
-                    enc.metadata,
-                    us(client.updated_at),
-                ])?;
-            if n == 0 {
-                return Err(Error::not_found(format!("client {}", client.id)).into());
-            }
-            insert_audit(tx, &audit)
-        })
+                    )?
+                    .execute(params![
+                        client.id.b(),
+                        client.name,
+                        client.client_type.as_str(),
+                        enc.redirect_uris,
+                        enc.grant_types,
+                        enc.scopes,
+                        client.token_endpoint_auth_method.as_str(),
+                        enc.lifetimes[0],
+                        enc.lifetimes[1],
+                        enc.lifetimes[2],
+                        enc.lifetimes[3],
+                        enc.metadata,
+                        us(client.updated_at),
+                    ])?;
+                if n == 0 {
+                    return Err(Error::not_found(format!("client {}", client.id)).into());
+                }
+                insert_audit(tx, &audit)
+            })
+            .await
     }
 
     async fn set_client_disabled(
@@ -338,29 +342,31 @@ impl ClientStore for SqliteStore {
         disabled: bool,
         audit: AuditEvent,
     ) -> Result<()> {
-        self.inner.write(|tx| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE clients SET disabled = ?2, updated_at = ?3
+        self.inner
+            .write(|tx| {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE clients SET disabled = ?2, updated_at = ?3
                      WHERE id = ?1 AND disabled <> ?2",
-                )?
-                .execute(params![id.b(), disabled, us(audit.at)])?;
-            if n == 0 {
-                let exists = tx
-                    .prepare_cached("SELECT 1 FROM clients WHERE id = ?1")?
-                    .exists([id.b()])?;
-                if !exists {
-                    return Err(Error::not_found(format!("client {id}")).into());
+                    )?
+                    .execute(params![id.b(), disabled, us(audit.at)])?;
+                if n == 0 {
+                    let exists = tx
+                        .prepare_cached("SELECT 1 FROM clients WHERE id = ?1")?
+                        .exists([id.b()])?;
+                    if !exists {
+                        return Err(Error::not_found(format!("client {id}")).into());
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            insert_audit(tx, &audit)
-        })
+                insert_audit(tx, &audit)
+            })
+            .await
     }
 
     async fn list_clients(&self, after: Option<ClientId>, limit: u32) -> Result<Vec<Client>> {
         self.blocking(move |inner| {
-            inner.read(|conn| {
+            inner.read_long(|conn| {
                 let limit = i64::from(limit);
                 let out = match after {
                     Some(after) => conn
@@ -388,8 +394,8 @@ impl ClientStore for SqliteStore {
 
     async fn delete_client(&self, id: ClientId, audit: AuditEvent) -> Result<bool> {
         // The cascade may be large: off the async worker.
-        self.blocking(move |inner| {
-            inner.write(|tx| {
+        self.blocking_write(move |inner, gate| {
+            inner.write_gated(gate, |tx| {
                 let n = tx
                     .prepare_cached("DELETE FROM clients WHERE id = ?1")?
                     .execute([id.b()])?;
@@ -409,17 +415,19 @@ impl ClientStore for SqliteStore {
         secret_hash: &TokenHash,
         audit: AuditEvent,
     ) -> Result<()> {
-        self.inner.write(|tx| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE clients SET secret_hash = ?2, updated_at = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id.b(), secret_hash.b(), us(audit.at)])?;
-            if n == 0 {
-                return Err(Error::not_found(format!("client {id}")).into());
-            }
-            insert_audit(tx, &audit)
-        })
+        self.inner
+            .write(|tx| {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE clients SET secret_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![id.b(), secret_hash.b(), us(audit.at)])?;
+                if n == 0 {
+                    return Err(Error::not_found(format!("client {id}")).into());
+                }
+                insert_audit(tx, &audit)
+            })
+            .await
     }
 }
 
@@ -433,13 +441,14 @@ impl GrantStore for SqliteStore {
         audit: AuditEvent,
     ) -> Result<()> {
         let (challenge, method) = rows::enc_pkce(code.code_challenge.as_ref());
-        self.inner.write(|tx| {
-            same_grant(grant.id, code.grant_id)?;
-            same_client(grant.client_id, code.client_id)?;
-            if grant.revoked_at.is_some() || !insert_grant_if_client_active(tx, grant)? {
-                return Err(Error::Inactive { kind: "grant" }.into());
-            }
-            tx.prepare_cached(
+        self.inner
+            .write(|tx| {
+                same_grant(grant.id, code.grant_id)?;
+                same_client(grant.client_id, code.client_id)?;
+                if grant.revoked_at.is_some() || !insert_grant_if_client_active(tx, grant)? {
+                    return Err(Error::Inactive { kind: "grant" }.into());
+                }
+                tx.prepare_cached(
                 "INSERT INTO authorization_codes (hash, grant_id, client_id, subject, redirect_uri,
                      scope, code_challenge, code_challenge_method, nonce, issued_at, expires_at,
                      consumed_at)
@@ -459,8 +468,9 @@ impl GrantStore for SqliteStore {
                 us(code.expires_at),
                 opt_us(code.consumed_at),
             ])?;
-            insert_audit(tx, &audit)
-        })
+                insert_audit(tx, &audit)
+            })
+            .await
     }
 
     async fn consume_code(
@@ -469,70 +479,74 @@ impl GrantStore for SqliteStore {
         audit: AuditEvent,
     ) -> Result<CodeConsumption> {
         let now = us(audit.at);
-        self.inner.write(|tx| {
-            let consumed = tx
-                .prepare_cached(concat!(
-                    "UPDATE authorization_codes SET consumed_at = ?2
+        self.inner
+            .write(|tx| {
+                let consumed = tx
+                    .prepare_cached(concat!(
+                        "UPDATE authorization_codes SET consumed_at = ?2
                      WHERE hash = ?1 AND consumed_at IS NULL AND expires_at > ?2
                        AND (SELECT g.revoked_at IS NULL FROM grants AS g
                             WHERE g.id = authorization_codes.grant_id)
                        AND (SELECT c.disabled = 0 FROM clients AS c
                             WHERE c.id = authorization_codes.client_id)
                      RETURNING ",
-                    code_cols!()
-                ))?
-                .query_row(params![code_hash.b(), now], rows::code)
-                .optional()?;
-            if let Some(code) = consumed {
-                // The caller knows only the code: the event gets what it belongs to.
-                let audit = describe(
-                    audit,
-                    code.grant_id,
-                    code.client_id,
-                    Some(code.subject.clone()),
-                );
-                insert_audit(tx, &audit)?;
-                return Ok(CodeConsumption::Consumed(code));
-            }
-            let seen = tx
-                .prepare_cached(
-                    "SELECT grant_id, consumed_at IS NOT NULL FROM authorization_codes
+                        code_cols!()
+                    ))?
+                    .query_row(params![code_hash.b(), now], rows::code)
+                    .optional()?;
+                if let Some(code) = consumed {
+                    // The caller knows only the code: the event gets what it belongs to.
+                    let audit = describe(
+                        audit,
+                        code.grant_id,
+                        code.client_id,
+                        Some(code.subject.clone()),
+                    );
+                    insert_audit(tx, &audit)?;
+                    return Ok(CodeConsumption::Consumed(code));
+                }
+                let seen = tx
+                    .prepare_cached(
+                        "SELECT grant_id, consumed_at IS NOT NULL FROM authorization_codes
                      WHERE hash = ?1",
-                )?
-                .query_row([code_hash.b()], |r| {
-                    Ok((rows::grant_id(r, 0)?, r.get::<_, bool>(1)?))
+                    )?
+                    .query_row([code_hash.b()], |r| {
+                        Ok((rows::grant_id(r, 0)?, r.get::<_, bool>(1)?))
+                    })
+                    .optional()?;
+                Ok(match seen {
+                    Some((grant_id, true)) => CodeConsumption::AlreadyConsumed { grant_id },
+                    _ => CodeConsumption::Inactive,
                 })
-                .optional()?;
-            Ok(match seen {
-                Some((grant_id, true)) => CodeConsumption::AlreadyConsumed { grant_id },
-                _ => CodeConsumption::Inactive,
             })
-        })
+            .await
     }
 
     async fn issue_tokens(&self, issue: &TokenIssue, audit: AuditEvent) -> Result<()> {
-        self.inner.write(|tx| {
-            if let Some(g) = &issue.new_grant {
-                same_grant(issue.grant_id, g.id)?;
-                if !insert_grant_if_client_active(tx, g)? {
-                    return Err(Error::Inactive { kind: "grant" }.into());
+        self.inner
+            .write(|tx| {
+                if let Some(g) = &issue.new_grant {
+                    same_grant(issue.grant_id, g.id)?;
+                    if !insert_grant_if_client_active(tx, g)? {
+                        return Err(Error::Inactive { kind: "grant" }.into());
+                    }
                 }
-            }
-            let Some(client) = live_grant_client(tx, issue.grant_id)? else {
-                return Err(Error::Inactive { kind: "grant" }.into());
-            };
-            if let Some((hash, t)) = &issue.access {
-                same_grant(issue.grant_id, t.grant_id)?;
-                same_client(client, t.client_id)?;
-                insert_access(tx, hash, t)?;
-            }
-            if let Some((hash, t)) = &issue.refresh {
-                same_grant(issue.grant_id, t.grant_id)?;
-                same_client(client, t.client_id)?;
-                insert_refresh(tx, hash, t)?;
-            }
-            insert_audit(tx, &audit)
-        })
+                let Some(client) = live_grant_client(tx, issue.grant_id)? else {
+                    return Err(Error::Inactive { kind: "grant" }.into());
+                };
+                if let Some((hash, t)) = &issue.access {
+                    same_grant(issue.grant_id, t.grant_id)?;
+                    same_client(client, t.client_id)?;
+                    insert_access(tx, hash, t)?;
+                }
+                if let Some((hash, t)) = &issue.refresh {
+                    same_grant(issue.grant_id, t.grant_id)?;
+                    same_client(client, t.client_id)?;
+                    insert_refresh(tx, hash, t)?;
+                }
+                insert_audit(tx, &audit)
+            })
+            .await
     }
 
     async fn get_grant(&self, id: GrantId) -> Result<Option<Grant>> {
@@ -602,11 +616,12 @@ impl GrantStore for SqliteStore {
         let now = us(audit.at);
         let (new_hash, new_refresh) = &rotation.refresh;
         let (access_hash, access) = &rotation.access;
-        self.inner.write(|tx| {
-            let grant = match rotation.mode {
-                RotationMode::First => tx
-                    .prepare_cached(
-                        "UPDATE refresh_tokens SET rotated_at = ?2, successor = ?3
+        self.inner
+            .write(|tx| {
+                let grant = match rotation.mode {
+                    RotationMode::First => tx
+                        .prepare_cached(
+                            "UPDATE refresh_tokens SET rotated_at = ?2, successor = ?3
                          WHERE hash = ?1 AND rotated_at IS NULL AND revoked_at IS NULL
                            AND expires_at > ?2 AND idle_expires_at > ?2
                            AND (SELECT g.revoked_at IS NULL FROM grants AS g
@@ -614,15 +629,15 @@ impl GrantStore for SqliteStore {
                            AND (SELECT c.disabled = 0 FROM clients AS c
                                 WHERE c.id = refresh_tokens.client_id)
                          RETURNING grant_id, client_id",
-                    )?
-                    .query_row(params![rotation.presented.b(), now, new_hash.b()], owner)
-                    .optional()?,
-                RotationMode::Grace {
-                    rotated_since,
-                    max_reuses,
-                } => tx
-                    .prepare_cached(
-                        "UPDATE refresh_tokens SET reuse_count = reuse_count + 1
+                        )?
+                        .query_row(params![rotation.presented.b(), now, new_hash.b()], owner)
+                        .optional()?,
+                    RotationMode::Grace {
+                        rotated_since,
+                        max_reuses,
+                    } => tx
+                        .prepare_cached(
+                            "UPDATE refresh_tokens SET reuse_count = reuse_count + 1
                          WHERE hash = ?1 AND rotated_at IS NOT NULL AND rotated_at >= ?3
                            AND reuse_count < ?4 AND revoked_at IS NULL
                            AND expires_at > ?2 AND idle_expires_at > ?2
@@ -631,25 +646,26 @@ impl GrantStore for SqliteStore {
                            AND (SELECT c.disabled = 0 FROM clients AS c
                                 WHERE c.id = refresh_tokens.client_id)
                          RETURNING grant_id, client_id",
-                    )?
-                    .query_row(
-                        params![rotation.presented.b(), now, us(rotated_since), max_reuses],
-                        owner,
-                    )
-                    .optional()?,
-            };
-            let Some((grant, client)) = grant else {
-                return Ok(false);
-            };
-            same_grant(grant, new_refresh.grant_id)?;
-            same_grant(grant, access.grant_id)?;
-            same_client(client, new_refresh.client_id)?;
-            same_client(client, access.client_id)?;
-            insert_refresh(tx, new_hash, new_refresh)?;
-            insert_access(tx, access_hash, access)?;
-            insert_audit(tx, &audit)?;
-            Ok(true)
-        })
+                        )?
+                        .query_row(
+                            params![rotation.presented.b(), now, us(rotated_since), max_reuses],
+                            owner,
+                        )
+                        .optional()?,
+                };
+                let Some((grant, client)) = grant else {
+                    return Ok(false);
+                };
+                same_grant(grant, new_refresh.grant_id)?;
+                same_grant(grant, access.grant_id)?;
+                same_client(client, new_refresh.client_id)?;
+                same_client(client, access.client_id)?;
+                insert_refresh(tx, new_hash, new_refresh)?;
+                insert_access(tx, access_hash, access)?;
+                insert_audit(tx, &audit)?;
+                Ok(true)
+            })
+            .await
     }
 
     async fn revoke_access_token(
@@ -682,6 +698,7 @@ impl GrantStore for SqliteStore {
             }
             Ok(RevokeOutcome::Revoked { grant_id })
         })
+        .await
     }
 
     async fn revoke_refresh_token(
@@ -716,26 +733,29 @@ impl GrantStore for SqliteStore {
             }
             Ok(RevokeOutcome::Revoked { grant_id })
         })
+        .await
     }
 
     async fn revoke_grant(&self, id: GrantId, audit: AuditEvent) -> Result<bool> {
-        self.inner.write(|tx| {
-            if revoke_grant_stmt(tx, id, us(audit.at))? > 0 {
-                insert_audit(tx, &audit)?;
-                return Ok(true);
-            }
-            Ok(tx
-                .prepare_cached("SELECT 1 FROM grants WHERE id = ?1")?
-                .query_row([id.b()], |_| Ok(()))
-                .optional()?
-                .is_some())
-        })
+        self.inner
+            .write(|tx| {
+                if revoke_grant_stmt(tx, id, us(audit.at))? > 0 {
+                    insert_audit(tx, &audit)?;
+                    return Ok(true);
+                }
+                Ok(tx
+                    .prepare_cached("SELECT 1 FROM grants WHERE id = ?1")?
+                    .query_row([id.b()], |_| Ok(()))
+                    .optional()?
+                    .is_some())
+            })
+            .await
     }
 
     async fn revoke_grants_by_client(&self, client: ClientId, audit: AuditEvent) -> Result<u64> {
         // One set-based statement, possibly over many rows: off the async worker.
-        self.blocking(move |inner| {
-            inner.write(|tx| {
+        self.blocking_write(move |inner, gate| {
+            inner.write_gated(gate, |tx| {
                 let n = tx
                     .prepare_cached(
                         "UPDATE grants SET revoked_at = ?2 WHERE client_id = ?1 AND revoked_at IS NULL",
@@ -751,17 +771,19 @@ impl GrantStore for SqliteStore {
     }
 
     async fn revoke_grants_by_subject(&self, subject: &Subject, audit: AuditEvent) -> Result<u64> {
-        self.inner.write(|tx| {
-            let n = tx
+        self.inner
+            .write(|tx| {
+                let n = tx
                 .prepare_cached(
                     "UPDATE grants SET revoked_at = ?2 WHERE subject = ?1 AND revoked_at IS NULL",
                 )?
                 .execute(params![subject.as_str(), us(audit.at)])?;
-            if n > 0 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(n as u64)
-        })
+                if n > 0 {
+                    insert_audit(tx, &audit)?;
+                }
+                Ok(n as u64)
+            })
+            .await
     }
 }
 
@@ -784,25 +806,27 @@ impl PatStore for SqliteStore {
         pat: &PersonalAccessToken,
         audit: AuditEvent,
     ) -> Result<()> {
-        self.inner.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO personal_access_tokens (id, hash, user_subject, name, scope,
+        self.inner
+            .write(|tx| {
+                tx.prepare_cached(
+                    "INSERT INTO personal_access_tokens (id, hash, user_subject, name, scope,
                      created_at, expires_at, last_used_at, revoked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                pat.id.b(),
-                hash.b(),
-                pat.user.as_str(),
-                pat.name,
-                pat.scope.to_string(),
-                us(pat.created_at),
-                opt_us(pat.expires_at),
-                opt_us(pat.last_used_at),
-                opt_us(pat.revoked_at),
-            ])?;
-            insert_audit(tx, &audit)
-        })
+                )?
+                .execute(params![
+                    pat.id.b(),
+                    hash.b(),
+                    pat.user.as_str(),
+                    pat.name,
+                    pat.scope.to_string(),
+                    us(pat.created_at),
+                    opt_us(pat.expires_at),
+                    opt_us(pat.last_used_at),
+                    opt_us(pat.revoked_at),
+                ])?;
+                insert_audit(tx, &audit)
+            })
+            .await
     }
 
     async fn find_pat(
@@ -827,7 +851,7 @@ impl PatStore for SqliteStore {
     async fn list_pats(&self, user: &Subject) -> Result<Vec<PersonalAccessToken>> {
         let user = user.clone();
         self.blocking(move |inner| {
-            inner.read(|conn| {
+            inner.read_long(|conn| {
                 Ok(conn
                     .prepare_cached(concat!(
                         "SELECT ",
@@ -847,43 +871,69 @@ impl PatStore for SqliteStore {
         user: Option<&Subject>,
         audit: AuditEvent,
     ) -> Result<bool> {
-        self.inner.write(|tx| {
-            let owner = tx
-                .prepare_cached("SELECT user_subject FROM personal_access_tokens WHERE id = ?1")?
-                .query_row([id.b()], |r| rows::subject(r, 0))
-                .optional()?;
-            let Some(owner) = owner else { return Ok(false) };
-            if user.is_some_and(|u| *u != owner) {
-                return Ok(false);
-            }
-            let n = tx
-                .prepare_cached(
-                    "UPDATE personal_access_tokens SET revoked_at = ?2
+        self.inner
+            .write(|tx| {
+                let owner = tx
+                    .prepare_cached(
+                        "SELECT user_subject FROM personal_access_tokens WHERE id = ?1",
+                    )?
+                    .query_row([id.b()], |r| rows::subject(r, 0))
+                    .optional()?;
+                let Some(owner) = owner else { return Ok(false) };
+                if user.is_some_and(|u| *u != owner) {
+                    return Ok(false);
+                }
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE personal_access_tokens SET revoked_at = ?2
                      WHERE id = ?1 AND revoked_at IS NULL",
-                )?
-                .execute(params![id.b(), us(audit.at)])?;
-            if n > 0 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(true)
-        })
+                    )?
+                    .execute(params![id.b(), us(audit.at)])?;
+                if n > 0 {
+                    insert_audit(tx, &audit)?;
+                }
+                Ok(true)
+            })
+            .await
     }
 
     async fn record_pat_usage(&self, usage: &[(PatId, Timestamp)]) -> Result<()> {
         if usage.is_empty() {
             return Ok(());
         }
-        self.inner.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE personal_access_tokens SET last_used_at = ?2
-                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-            )?;
-            for (id, at) in usage {
-                stmt.execute(params![id.b(), us(*at)])?;
+        if usage.len() <= PAT_USAGE_CHUNK {
+            // A short flush: one transaction, inline.
+            return self
+                .inner
+                .write(|tx| record_pat_usage_chunk(tx, usage))
+                .await;
+        }
+        // A long one: on a blocking thread, in bounded transactions, taking the writer gate
+        // per chunk so other writers interleave.
+        let usage = usage.to_vec();
+        self.blocking(move |inner| {
+            for chunk in usage.chunks(PAT_USAGE_CHUNK) {
+                let gate = inner.gate_blocking()?;
+                inner.write_gated(&gate, |tx| record_pat_usage_chunk(tx, chunk))?;
             }
             Ok(())
         })
+        .await
     }
+}
+
+/// The most PAT usage updates in one transaction; a longer flush runs off the async worker.
+const PAT_USAGE_CHUNK: usize = 500;
+
+fn record_pat_usage_chunk(tx: &Connection, usage: &[(PatId, Timestamp)]) -> R<()> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE personal_access_tokens SET last_used_at = ?2
+         WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+    )?;
+    for (id, at) in usage {
+        stmt.execute(params![id.b(), us(*at)])?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -895,34 +945,36 @@ impl AuthorizationSessionStore for SqliteStore {
         audit: AuditEvent,
     ) -> Result<()> {
         let (challenge, method) = rows::enc_pkce(session.code_challenge.as_ref());
-        self.inner.write(|tx| {
-            let n = tx
-                .prepare_cached(
-                    "INSERT INTO authorization_sessions (hash, client_id, redirect_uri, scope,
+        self.inner
+            .write(|tx| {
+                let n = tx
+                    .prepare_cached(
+                        "INSERT INTO authorization_sessions (hash, client_id, redirect_uri, scope,
                          state, code_challenge, code_challenge_method, nonce, subject,
                          created_at, expires_at, completed_at)
                      SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12
                      WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?2)",
-                )?
-                .execute(params![
-                    hash.b(),
-                    session.client_id.b(),
-                    session.redirect_uri.as_str(),
-                    session.scope.to_string(),
-                    session.state.as_deref(),
-                    challenge,
-                    method,
-                    session.nonce.as_deref(),
-                    subj(session.subject.as_ref()),
-                    us(session.created_at),
-                    us(session.expires_at),
-                    opt_us(session.completed_at),
-                ])?;
-            if n == 0 {
-                return Err(Error::not_found(format!("client {}", session.client_id)).into());
-            }
-            insert_audit(tx, &audit)
-        })
+                    )?
+                    .execute(params![
+                        hash.b(),
+                        session.client_id.b(),
+                        session.redirect_uri.as_str(),
+                        session.scope.to_string(),
+                        session.state.as_deref(),
+                        challenge,
+                        method,
+                        session.nonce.as_deref(),
+                        subj(session.subject.as_ref()),
+                        us(session.created_at),
+                        us(session.expires_at),
+                        opt_us(session.completed_at),
+                    ])?;
+                if n == 0 {
+                    return Err(Error::not_found(format!("client {}", session.client_id)).into());
+                }
+                insert_audit(tx, &audit)
+            })
+            .await
     }
 
     async fn find_authorization_session(
@@ -949,28 +1001,30 @@ impl AuthorizationSessionStore for SqliteStore {
         subject: &Subject,
         audit: AuditEvent,
     ) -> Result<bool> {
-        self.inner.write(|tx| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE authorization_sessions SET subject = ?2
+        self.inner
+            .write(|tx| {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE authorization_sessions SET subject = ?2
                      WHERE hash = ?1 AND expires_at > ?3 AND completed_at IS NULL
                        AND subject IS NULL",
-                )?
-                .execute(params![hash.b(), subject.as_str(), us(audit.at)])?;
-            if n == 0 {
-                // Already attached to the same subject: true, but nothing changed, no event.
-                let same = tx
-                    .prepare_cached(
-                        "SELECT 1 FROM authorization_sessions
+                    )?
+                    .execute(params![hash.b(), subject.as_str(), us(audit.at)])?;
+                if n == 0 {
+                    // Already attached to the same subject: true, but nothing changed, no event.
+                    let same = tx
+                        .prepare_cached(
+                            "SELECT 1 FROM authorization_sessions
                          WHERE hash = ?1 AND expires_at > ?3 AND completed_at IS NULL
                            AND subject = ?2",
-                    )?
-                    .exists(params![hash.b(), subject.as_str(), us(audit.at)])?;
-                return Ok(same);
-            }
-            insert_audit(tx, &audit)?;
-            Ok(true)
-        })
+                        )?
+                        .exists(params![hash.b(), subject.as_str(), us(audit.at)])?;
+                    return Ok(same);
+                }
+                insert_audit(tx, &audit)?;
+                Ok(true)
+            })
+            .await
     }
 
     async fn complete_authorization_session(
@@ -978,22 +1032,24 @@ impl AuthorizationSessionStore for SqliteStore {
         hash: &TokenHash,
         audit: AuditEvent,
     ) -> Result<Option<AuthorizationSession>> {
-        self.inner.write(|tx| {
-            let done = tx
-                .prepare_cached(concat!(
-                    "UPDATE authorization_sessions SET completed_at = ?2
+        self.inner
+            .write(|tx| {
+                let done = tx
+                    .prepare_cached(concat!(
+                        "UPDATE authorization_sessions SET completed_at = ?2
                      WHERE hash = ?1 AND expires_at > ?2 AND completed_at IS NULL
                        AND subject IS NOT NULL
                      RETURNING ",
-                    session_cols!()
-                ))?
-                .query_row(params![hash.b(), us(audit.at)], rows::session)
-                .optional()?;
-            if done.is_some() {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(done)
-        })
+                        session_cols!()
+                    ))?
+                    .query_row(params![hash.b(), us(audit.at)], rows::session)
+                    .optional()?;
+                if done.is_some() {
+                    insert_audit(tx, &audit)?;
+                }
+                Ok(done)
+            })
+            .await
     }
 
     async fn expire_authorization_session(
@@ -1001,19 +1057,21 @@ impl AuthorizationSessionStore for SqliteStore {
         hash: &TokenHash,
         audit: AuditEvent,
     ) -> Result<bool> {
-        self.inner.write(|tx| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE authorization_sessions SET expires_at = ?2
+        self.inner
+            .write(|tx| {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE authorization_sessions SET expires_at = ?2
                      WHERE hash = ?1 AND expires_at > ?2 AND completed_at IS NULL",
-                )?
-                .execute(params![hash.b(), us(audit.at)])?;
-            if n == 0 {
-                return Ok(false);
-            }
-            insert_audit(tx, &audit)?;
-            Ok(true)
-        })
+                    )?
+                    .execute(params![hash.b(), us(audit.at)])?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                insert_audit(tx, &audit)?;
+                Ok(true)
+            })
+            .await
     }
 }
 
@@ -1026,50 +1084,52 @@ impl ConsentStore for SqliteStore {
         scope: &Scopes,
         audit: AuditEvent,
     ) -> Result<Consent> {
-        self.inner.write(|tx| {
-            let old = tx
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    consent_cols!(),
-                    " FROM consents WHERE client_id = ?1 AND subject = ?2"
-                ))?
-                .query_row(params![client.b(), subject.as_str()], rows::consent)
-                .optional()?;
-            let merged = match old {
-                Some(old) => Consent {
-                    scope: old.scope.union(scope),
-                    updated_at: audit.at,
-                    ..old
-                },
-                None => Consent {
-                    client_id: client,
-                    subject: subject.clone(),
-                    scope: scope.clone(),
-                    granted_at: audit.at,
-                    updated_at: audit.at,
-                },
-            };
-            let n = tx
-                .prepare_cached(
-                    "INSERT INTO consents (client_id, subject, scope, granted_at, updated_at)
+        self.inner
+            .write(|tx| {
+                let old = tx
+                    .prepare_cached(concat!(
+                        "SELECT ",
+                        consent_cols!(),
+                        " FROM consents WHERE client_id = ?1 AND subject = ?2"
+                    ))?
+                    .query_row(params![client.b(), subject.as_str()], rows::consent)
+                    .optional()?;
+                let merged = match old {
+                    Some(old) => Consent {
+                        scope: old.scope.union(scope),
+                        updated_at: audit.at,
+                        ..old
+                    },
+                    None => Consent {
+                        client_id: client,
+                        subject: subject.clone(),
+                        scope: scope.clone(),
+                        granted_at: audit.at,
+                        updated_at: audit.at,
+                    },
+                };
+                let n = tx
+                    .prepare_cached(
+                        "INSERT INTO consents (client_id, subject, scope, granted_at, updated_at)
                      SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?1)
                      ON CONFLICT (client_id, subject) DO UPDATE SET
                          scope = excluded.scope,
                          updated_at = excluded.updated_at",
-                )?
-                .execute(params![
-                    client.b(),
-                    subject.as_str(),
-                    merged.scope.to_string(),
-                    us(merged.granted_at),
-                    us(merged.updated_at),
-                ])?;
-            if n == 0 {
-                return Err(Error::not_found(format!("client {client}")).into());
-            }
-            insert_audit(tx, &audit)?;
-            Ok(merged)
-        })
+                    )?
+                    .execute(params![
+                        client.b(),
+                        subject.as_str(),
+                        merged.scope.to_string(),
+                        us(merged.granted_at),
+                        us(merged.updated_at),
+                    ])?;
+                if n == 0 {
+                    return Err(Error::not_found(format!("client {client}")).into());
+                }
+                insert_audit(tx, &audit)?;
+                Ok(merged)
+            })
+            .await
     }
 
     async fn get_consent(&self, client: ClientId, subject: &Subject) -> Result<Option<Consent>> {
@@ -1091,21 +1151,23 @@ impl ConsentStore for SqliteStore {
         subject: &Subject,
         audit: AuditEvent,
     ) -> Result<bool> {
-        self.inner.write(|tx| {
-            let deleted = tx
-                .prepare_cached("DELETE FROM consents WHERE client_id = ?1 AND subject = ?2")?
-                .execute(params![client.b(), subject.as_str()])?;
-            let revoked = tx
-                .prepare_cached(
-                    "UPDATE grants SET revoked_at = ?3
+        self.inner
+            .write(|tx| {
+                let deleted = tx
+                    .prepare_cached("DELETE FROM consents WHERE client_id = ?1 AND subject = ?2")?
+                    .execute(params![client.b(), subject.as_str()])?;
+                let revoked = tx
+                    .prepare_cached(
+                        "UPDATE grants SET revoked_at = ?3
                      WHERE client_id = ?1 AND subject = ?2 AND revoked_at IS NULL",
-                )?
-                .execute(params![client.b(), subject.as_str(), us(audit.at)])?;
-            if deleted + revoked > 0 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(deleted > 0)
-        })
+                    )?
+                    .execute(params![client.b(), subject.as_str(), us(audit.at)])?;
+                if deleted + revoked > 0 {
+                    insert_audit(tx, &audit)?;
+                }
+                Ok(deleted > 0)
+            })
+            .await
     }
 }
 
@@ -1144,7 +1206,7 @@ impl AuditStore for SqliteStore {
         values.push(Value::Integer(i64::from(limit)));
         sql.push_str(&format!(" ORDER BY id LIMIT ?{}", values.len()));
         self.blocking(move |inner| {
-            inner.read(|conn| {
+            inner.read_long(|conn| {
                 Ok(conn
                     .prepare_cached(&sql)?
                     .query_map(params_from_iter(values.iter()), rows::audit)?

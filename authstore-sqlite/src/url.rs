@@ -39,13 +39,15 @@ pub(crate) fn parse(url: &str) -> Result<(PathBuf, SqliteOptions)> {
     }
     // `sqlite://rel/x.db` → `rel/x.db`; `sqlite:///abs/x.db` → `/abs/x.db`; `sqlite:x.db`.
     let path = path.strip_prefix("//").unwrap_or(path);
-    if path == ":memory:" || path.starts_with(":memory:") {
+    let path = percent_decode(path)?;
+    // After decoding, so `%3Amemory%3A` is caught too; `file:` names are made plain files
+    // by `SqliteStore::open`.
+    if path.starts_with(":memory:") {
         return Err(unsupported(
             "in-memory databases are not supported (readers and writer are separate connections); \
              use a file in a temporary directory",
         ));
     }
-    let path = percent_decode(path)?;
     if path.is_empty() {
         return Err(unsupported("the database path is empty"));
     }
@@ -106,18 +108,26 @@ pub(crate) fn parse(url: &str) -> Result<(PathBuf, SqliteOptions)> {
 }
 
 fn percent_decode(s: &str) -> Result<String> {
+    // The value of one ASCII hex digit.
+    let hex_digit = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| unsupported("bad %-escape in the path"))?;
-                out.push(hex);
+                // Exactly two hex digits: `from_str_radix` alone would also take a sign
+                // (`%+1`).
+                let hex = match bytes.get(i + 1..i + 3) {
+                    Some(&[hi, lo]) => hex_digit(hi).zip(hex_digit(lo)),
+                    _ => None,
+                }
+                .ok_or_else(|| unsupported("bad %-escape in the path"))?;
+                out.push(hex.0 << 4 | hex.1);
                 i += 3;
             }
             b => {
@@ -145,6 +155,10 @@ mod tests {
         );
         assert_eq!(parse("sqlite:x.db").unwrap().0, PathBuf::from("x.db"));
         assert_eq!(parse("sqlite:a%20b.db").unwrap().0, PathBuf::from("a b.db"));
+        assert!(
+            parse("sqlite:%3Amemory%3A").is_err(),
+            "encoded :memory: is refused too"
+        );
         let (_, o) = parse("sqlite:x.db?readers=2&busy_timeout_ms=250&synchronous=normal").unwrap();
         assert_eq!(o.readers, 2);
         assert_eq!(o.busy_timeout, Duration::from_millis(250));
