@@ -69,6 +69,10 @@ secret_type! {
     pub struct PatSecret;
 }
 secret_type! {
+    /// A human's password, as typed. Only its Argon2id hash is ever stored.
+    pub struct Password;
+}
+secret_type! {
     /// The handle of an authorization session (an authorization request in flight).
     pub struct AuthorizationSessionSecret;
 }
