@@ -188,6 +188,9 @@ pub(crate) struct Inner {
     next_reader: AtomicUsize,
     /// The schema version last seen; methods refuse to run unless it is [`SCHEMA_VERSION`].
     schema_version: AtomicI64,
+    /// SQLite's schema cookie (`PRAGMA schema_version`) when `schema_version` was read: any
+    /// DDL changes it, so a write that sees another value re-reads the migration version.
+    schema_cookie: AtomicI64,
 }
 
 impl SqliteStore {
@@ -220,6 +223,7 @@ impl SqliteStore {
         // Read again on the writer: another process may have migrated in between.
         let found = migrate::schema_version(&writer).map_err(Error::from)?;
         check_not_too_new(found)?;
+        let cookie = schema_cookie(&writer).map_err(Error::from)?;
         let readers = (0..opts.readers)
             .map(|_| open_connection(&path, &opts, Role::Reader).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -232,6 +236,7 @@ impl SqliteStore {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 schema_version: AtomicI64::new(found),
+                schema_cookie: AtomicI64::new(cookie),
             }),
         })
     }
@@ -621,8 +626,35 @@ impl Inner {
     ) -> Result<T> {
         self.ready()?;
         let mut conn = self.writer();
-        write_tx(&mut conn, f).map_err(Error::from)
+        write_tx(&mut conn, |tx| {
+            self.recheck_schema(tx)?;
+            f(tx)
+        })
+        .map_err(Error::from)
     }
+
+    /// Inside a write transaction (which holds SQLite's write lock, so the schema cannot
+    /// change under it): if the schema cookie moved since we last looked, someone ran DDL —
+    /// possibly a newer authstore migrating this file while we run. Re-read the migration
+    /// version and refuse to write into a newer schema. One cheap pragma per write.
+    fn recheck_schema(&self, tx: &Transaction<'_>) -> R<()> {
+        let cookie = schema_cookie(tx)?;
+        if cookie == self.schema_cookie.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let found = migrate::schema_version(tx)?;
+        self.schema_version.store(found, Ordering::Release);
+        self.schema_cookie.store(cookie, Ordering::Release);
+        check_not_too_new(found)?;
+        Ok(())
+    }
+}
+
+/// SQLite's schema cookie, bumped by every schema change.
+fn schema_cookie(conn: &Connection) -> R<i64> {
+    Ok(conn
+        .prepare_cached("PRAGMA schema_version")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// One `BEGIN IMMEDIATE` transaction on `conn`.

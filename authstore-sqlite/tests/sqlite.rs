@@ -147,17 +147,30 @@ async fn newer_schema_appearing_after_open_is_refused_by_migrate_and_methods() {
     assert_eq!(s.migrate().await.unwrap(), vec![1]);
     assert!(s.get_client(ClientId::new_at(T0)).await.unwrap().is_none());
 
-    // A newer authstore migrates the file under us: migrate refuses it.
+    // A newer authstore migrates the file under us (DDL plus its record): migrate refuses
+    // it, and so does the next write, instead of writing into a schema it does not know.
     raw(&path)
-        .execute(
-            "INSERT INTO schema_migrations VALUES (9999, 'future', 'x', 0)",
-            [],
+        .execute_batch(
+            "CREATE TABLE future_things (x INTEGER);
+             INSERT INTO schema_migrations VALUES (9999, 'future', 'x', 0);",
         )
         .unwrap();
     assert!(matches!(
         s.migrate().await,
         Err(Error::SchemaTooNew { found: 9999, .. })
     ));
+    let ev = authstore_core::AuditEvent::new(
+        authstore_core::AuditKind::GrantRevoked,
+        T0,
+        &Default::default(),
+    );
+    match s
+        .revoke_grant(authstore_core::GrantId::new_at(T0), ev)
+        .await
+    {
+        Err(Error::SchemaTooNew { found: 9999, .. }) => {}
+        other => panic!("a write into a newer schema must be refused, got {other:?}"),
+    }
 }
 
 #[tokio::test]
