@@ -570,6 +570,61 @@ impl PostgresStore {
     }
 }
 
+/// The statements of a single-token revocation (RFC 7009) on one token table.
+struct Revocation {
+    /// Finds the token's grant, client and subject.
+    find: &'static str,
+    /// Marks it revoked.
+    revoke: &'static str,
+    /// Whether the token's whole grant goes too (refresh tokens, RFC 7009 §2.1).
+    whole_grant: bool,
+}
+
+const ACCESS_REVOCATION: Revocation = Revocation {
+    find: "SELECT grant_id, client_id, subject FROM access_tokens WHERE hash = $1",
+    revoke: "UPDATE access_tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
+    whole_grant: false,
+};
+
+const REFRESH_REVOCATION: Revocation = Revocation {
+    find: "SELECT grant_id, client_id, subject FROM refresh_tokens WHERE hash = $1",
+    revoke: "UPDATE refresh_tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
+    whole_grant: true,
+};
+
+impl PostgresStore {
+    /// Revokes one token: checks its owner, marks it revoked and, for refresh tokens, its
+    /// grant; writes the event only if something changed.
+    async fn revoke_one(
+        &self,
+        r: &Revocation,
+        hash: &TokenHash,
+        client: Option<ClientId>,
+        audit: AuditEvent,
+    ) -> Result<RevokeOutcome> {
+        let hash = hash.as_bytes().as_slice();
+        let mut conn = self.inner.conn().await?;
+        let tx = conn.transaction().await.db()?;
+        let Some(found) = opt(&tx, r.find, &[&hash]).await? else {
+            return Ok(RevokeOutcome::NotFound);
+        };
+        let (grant_id, owner, subject) = owner_subject(&found)?;
+        if client.is_some_and(|c| c != owner) {
+            return Ok(RevokeOutcome::WrongClient);
+        }
+        let audit = describe(audit, grant_id, owner, subject);
+        let mut changed = exec(&tx, r.revoke, &[&hash, &ts(audit.at)]).await?;
+        if r.whole_grant {
+            changed += revoke_grant_stmt(&tx, grant_id, audit.at).await?;
+        }
+        if changed > 0 {
+            insert_audit(&tx, &audit).await?;
+        }
+        tx.commit().await.db()?;
+        Ok(RevokeOutcome::Revoked { grant_id })
+    }
+}
+
 #[async_trait]
 impl GrantStore for PostgresStore {
     async fn issue_code(
@@ -776,34 +831,8 @@ impl GrantStore for PostgresStore {
         client: Option<ClientId>,
         audit: AuditEvent,
     ) -> Result<RevokeOutcome> {
-        let hash = hash.as_bytes().as_slice();
-        let mut conn = self.inner.conn().await?;
-        let tx = conn.transaction().await.db()?;
-        let found = opt(
-            &tx,
-            "SELECT grant_id, client_id, subject FROM access_tokens WHERE hash = $1",
-            &[&hash],
-        )
-        .await?;
-        let Some(found) = found else {
-            return Ok(RevokeOutcome::NotFound);
-        };
-        let (grant_id, owner, subject) = owner_subject(&found)?;
-        if client.is_some_and(|c| c != owner) {
-            return Ok(RevokeOutcome::WrongClient);
-        }
-        let audit = describe(audit, grant_id, owner, subject);
-        let n = exec(
-            &tx,
-            "UPDATE access_tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
-            &[&hash, &ts(audit.at)],
-        )
-        .await?;
-        if n > 0 {
-            insert_audit(&tx, &audit).await?;
-        }
-        tx.commit().await.db()?;
-        Ok(RevokeOutcome::Revoked { grant_id })
+        self.revoke_one(&ACCESS_REVOCATION, hash, client, audit)
+            .await
     }
 
     async fn revoke_refresh_token(
@@ -812,35 +841,8 @@ impl GrantStore for PostgresStore {
         client: Option<ClientId>,
         audit: AuditEvent,
     ) -> Result<RevokeOutcome> {
-        let hash = hash.as_bytes().as_slice();
-        let mut conn = self.inner.conn().await?;
-        let tx = conn.transaction().await.db()?;
-        let found = opt(
-            &tx,
-            "SELECT grant_id, client_id, subject FROM refresh_tokens WHERE hash = $1",
-            &[&hash],
-        )
-        .await?;
-        let Some(found) = found else {
-            return Ok(RevokeOutcome::NotFound);
-        };
-        let (grant_id, owner, subject) = owner_subject(&found)?;
-        if client.is_some_and(|c| c != owner) {
-            return Ok(RevokeOutcome::WrongClient);
-        }
-        let audit = describe(audit, grant_id, owner, subject);
-        let tokens = exec(
-            &tx,
-            "UPDATE refresh_tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
-            &[&hash, &ts(audit.at)],
-        )
-        .await?;
-        let grants = revoke_grant_stmt(&tx, grant_id, audit.at).await?;
-        if tokens + grants > 0 {
-            insert_audit(&tx, &audit).await?;
-        }
-        tx.commit().await.db()?;
-        Ok(RevokeOutcome::Revoked { grant_id })
+        self.revoke_one(&REFRESH_REVOCATION, hash, client, audit)
+            .await
     }
 
     async fn revoke_grant(&self, id: GrantId, audit: AuditEvent) -> Result<bool> {

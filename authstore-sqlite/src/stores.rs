@@ -431,6 +431,73 @@ impl ClientStore for SqliteStore {
     }
 }
 
+/// The statements of a single-token revocation (RFC 7009) on one token table.
+struct Revocation {
+    /// Finds the token's grant, client and subject.
+    find: &'static str,
+    /// Marks it revoked.
+    revoke: &'static str,
+    /// Whether the token's whole grant goes too (refresh tokens, RFC 7009 §2.1).
+    whole_grant: bool,
+}
+
+const ACCESS_REVOCATION: Revocation = Revocation {
+    find: "SELECT grant_id, client_id, subject FROM access_tokens WHERE hash = ?1",
+    revoke: "UPDATE access_tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
+    whole_grant: false,
+};
+
+const REFRESH_REVOCATION: Revocation = Revocation {
+    find: "SELECT grant_id, client_id, subject FROM refresh_tokens WHERE hash = ?1",
+    revoke: "UPDATE refresh_tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
+    whole_grant: true,
+};
+
+impl SqliteStore {
+    /// Revokes one token: checks its owner, marks it revoked and, for refresh tokens, its
+    /// grant; writes the event only if something changed.
+    async fn revoke_one(
+        &self,
+        r: &Revocation,
+        hash: &TokenHash,
+        client: Option<ClientId>,
+        audit: AuditEvent,
+    ) -> Result<RevokeOutcome> {
+        self.inner
+            .write(|tx| {
+                let found = tx
+                    .prepare_cached(r.find)?
+                    .query_row([hash.b()], |row| {
+                        Ok((
+                            rows::grant_id(row, 0)?,
+                            rows::client_id(row, 1)?,
+                            rows::opt_subject(row, 2)?,
+                        ))
+                    })
+                    .optional()?;
+                let Some((grant_id, owner, subject)) = found else {
+                    return Ok(RevokeOutcome::NotFound);
+                };
+                if client.is_some_and(|c| c != owner) {
+                    return Ok(RevokeOutcome::WrongClient);
+                }
+                let audit = describe(audit, grant_id, owner, subject);
+                let now = us(audit.at);
+                let mut changed = tx
+                    .prepare_cached(r.revoke)?
+                    .execute(params![hash.b(), now])?;
+                if r.whole_grant {
+                    changed += revoke_grant_stmt(tx, grant_id, now)?;
+                }
+                if changed > 0 {
+                    insert_audit(tx, &audit)?;
+                }
+                Ok(RevokeOutcome::Revoked { grant_id })
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl GrantStore for SqliteStore {
     async fn issue_code(
@@ -674,31 +741,8 @@ impl GrantStore for SqliteStore {
         client: Option<ClientId>,
         audit: AuditEvent,
     ) -> Result<RevokeOutcome> {
-        self.inner.write(|tx| {
-            let found = tx
-                .prepare_cached("SELECT grant_id, client_id, subject FROM access_tokens WHERE hash = ?1")?
-                .query_row([hash.b()], |r| {
-                    Ok((rows::grant_id(r, 0)?, rows::client_id(r, 1)?, rows::opt_subject(r, 2)?))
-                })
-                .optional()?;
-            let Some((grant_id, owner, subject)) = found else {
-                return Ok(RevokeOutcome::NotFound);
-            };
-            if client.is_some_and(|c| c != owner) {
-                return Ok(RevokeOutcome::WrongClient);
-            }
-            let audit = describe(audit, grant_id, owner, subject);
-            let n = tx
-                .prepare_cached(
-                    "UPDATE access_tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
-                )?
-                .execute(params![hash.b(), us(audit.at)])?;
-            if n > 0 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(RevokeOutcome::Revoked { grant_id })
-        })
-        .await
+        self.revoke_one(&ACCESS_REVOCATION, hash, client, audit)
+            .await
     }
 
     async fn revoke_refresh_token(
@@ -707,33 +751,8 @@ impl GrantStore for SqliteStore {
         client: Option<ClientId>,
         audit: AuditEvent,
     ) -> Result<RevokeOutcome> {
-        self.inner.write(|tx| {
-            let found = tx
-                .prepare_cached("SELECT grant_id, client_id, subject FROM refresh_tokens WHERE hash = ?1")?
-                .query_row([hash.b()], |r| {
-                    Ok((rows::grant_id(r, 0)?, rows::client_id(r, 1)?, rows::opt_subject(r, 2)?))
-                })
-                .optional()?;
-            let Some((grant_id, owner, subject)) = found else {
-                return Ok(RevokeOutcome::NotFound);
-            };
-            if client.is_some_and(|c| c != owner) {
-                return Ok(RevokeOutcome::WrongClient);
-            }
-            let audit = describe(audit, grant_id, owner, subject);
-            let now = us(audit.at);
-            let tokens = tx
-                .prepare_cached(
-                    "UPDATE refresh_tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
-                )?
-                .execute(params![hash.b(), now])?;
-            let grants = revoke_grant_stmt(tx, grant_id, now)?;
-            if tokens + grants > 0 {
-                insert_audit(tx, &audit)?;
-            }
-            Ok(RevokeOutcome::Revoked { grant_id })
-        })
-        .await
+        self.revoke_one(&REFRESH_REVOCATION, hash, client, audit)
+            .await
     }
 
     async fn revoke_grant(&self, id: GrantId, audit: AuditEvent) -> Result<bool> {
