@@ -1,18 +1,29 @@
 //! Migrations, cleanup and statistics.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use authstore_core::backend::{CleanupOptions, CleanupReport, KindStats, Maintenance, Stats};
 use authstore_core::{Error, Result, Timestamp};
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Object};
 use tokio_postgres::IsolationLevel;
+use uuid::Uuid;
 
-use crate::db::{Db, ts};
+use crate::db::{Db, Ts, ts};
 use crate::{PostgresStore, SCHEMA_VERSION, migrate};
 
 /// The most rows one cleanup batch may delete.
 const MAX_BATCH: u32 = 100_000;
+
+/// The fewest grants the empty-grants pass examines in one batch, looking for a batch of
+/// empty ones (at most `max(16 × batch, this)`): bounds one batch's work when live grants
+/// far outnumber empty ones.
+const MIN_GRANT_SCAN: i64 = 10_000;
+
+/// Rows the empty-grants scan fetches at a time: the server evaluates the scan lazily, so
+/// it stops soon after a batch of empty grants is found.
+const GRANT_SCAN_CHUNK: i32 = 256;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -24,70 +35,106 @@ enum Kind {
     Sessions,
 }
 
-/// One cleanup pass: a `DELETE` of at most `$2` rows dead at or before the cutoff `$1`,
-/// taking row locks with `SKIP LOCKED` so concurrent cleaners take disjoint rows and never
-/// wait for each other. `$1` is a `timestamptz`, `$2` a `bigint`.
-struct Pass {
-    kind: Kind,
-    sql: &'static str,
-}
+// Token passes: each statement is a `DELETE` of at most `$2` rows dead by one condition at
+// or before the cutoff `$1` (`timestamptz`, `bigint`), taking row locks with `SKIP LOCKED`
+// so concurrent cleaners take disjoint rows and never wait for each other. One condition a
+// statement, ordered by its column: each is an index scan of that column's index, never a
+// scan of the table (a multi-column `OR`, or a generic plan's guess of how many rows match,
+// can make a sequential scan look cheaper). The rows are then deleted by primary key from an
+// array (an `InitPlan`), so the delete itself is index-driven whatever `$2` is.
 
-/// In order: tokens first, so grants they leave behind can go in the same run.
-const PASSES: &[Pass] = &[
-    Pass {
-        kind: Kind::Codes,
-        sql: "DELETE FROM authorization_codes WHERE hash IN (
-                  SELECT hash FROM authorization_codes WHERE expires_at <= $1
-                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    },
-    Pass {
-        kind: Kind::Access,
-        sql: "DELETE FROM access_tokens WHERE hash IN (
-                  SELECT hash FROM access_tokens
-                  WHERE expires_at <= $1 OR revoked_at <= $1
-                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    },
-    Pass {
-        kind: Kind::Refresh,
-        // A rotated token stays until its own expiry: reuse detection needs it.
-        sql: "DELETE FROM refresh_tokens WHERE hash IN (
-                  SELECT hash FROM refresh_tokens
-                  WHERE expires_at <= $1 OR idle_expires_at <= $1 OR revoked_at <= $1
-                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    },
-    Pass {
-        kind: Kind::Pats,
-        sql: "DELETE FROM personal_access_tokens WHERE id IN (
-                  SELECT id FROM personal_access_tokens
-                  WHERE expires_at <= $1 OR revoked_at <= $1
-                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    },
-    Pass {
-        kind: Kind::Sessions,
-        sql: "DELETE FROM authorization_sessions WHERE hash IN (
-                  SELECT hash FROM authorization_sessions
-                  WHERE expires_at <= $1 OR completed_at <= $1
-                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    },
-    Pass {
-        kind: Kind::Grants,
-        // Revoked grants, with whatever is left of them (by cascade): all of it is dead.
-        sql: "DELETE FROM grants WHERE id IN (
-                  SELECT id FROM grants WHERE revoked_at <= $1
-                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    },
+const CODES: &[&str] = &["DELETE FROM authorization_codes WHERE hash = ANY(ARRAY(
+    SELECT hash FROM authorization_codes WHERE expires_at <= $1
+    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))"];
+
+const ACCESS: &[&str] = &[
+    "DELETE FROM access_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM access_tokens WHERE expires_at <= $1
+        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM access_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM access_tokens WHERE revoked_at <= $1
+        ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
 ];
 
-/// Old unrevoked grants nothing refers to any more, step 1: lock candidates. A grant
-/// someone is issuing into holds a `FOR KEY SHARE` lock and is skipped.
-const EMPTY_GRANTS_LOCK: &str = "SELECT g.id FROM grants AS g
-    WHERE g.revoked_at IS NULL AND g.created_at <= $1
-      AND NOT EXISTS (SELECT 1 FROM authorization_codes AS c WHERE c.grant_id = g.id)
-      AND NOT EXISTS (SELECT 1 FROM access_tokens AS a WHERE a.grant_id = g.id)
-      AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.grant_id = g.id)
-    LIMIT $2 FOR UPDATE OF g SKIP LOCKED";
+/// A rotated token stays until its own expiry: reuse detection needs it.
+const REFRESH: &[&str] = &[
+    "DELETE FROM refresh_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM refresh_tokens WHERE expires_at <= $1
+        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM refresh_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM refresh_tokens WHERE idle_expires_at <= $1
+        ORDER BY idle_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM refresh_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM refresh_tokens WHERE revoked_at <= $1
+        ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+];
 
-/// Step 2, in the same transaction with the locks held: delete them, re-checking on a
+const PATS: &[&str] = &[
+    "DELETE FROM personal_access_tokens WHERE id = ANY(ARRAY(
+        SELECT id FROM personal_access_tokens WHERE expires_at <= $1
+        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM personal_access_tokens WHERE id = ANY(ARRAY(
+        SELECT id FROM personal_access_tokens WHERE revoked_at <= $1
+        ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+];
+
+const SESSIONS: &[&str] = &[
+    "DELETE FROM authorization_sessions WHERE hash = ANY(ARRAY(
+        SELECT hash FROM authorization_sessions WHERE expires_at <= $1
+        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM authorization_sessions WHERE hash = ANY(ARRAY(
+        SELECT hash FROM authorization_sessions WHERE completed_at <= $1
+        ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+];
+
+/// Revoked grants, step 1: lock up to `$2` grants revoked at or before `$1`, oldest
+/// revocation first. Concurrent cleaners take disjoint grants.
+const REVOKED_GRANTS_LOCK: &str = "SELECT id FROM grants WHERE revoked_at <= $1
+    ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+
+/// Step 2: what is left of the locked grants `$1`, at most `$2` rows a statement.
+const GRANT_CHILDREN: &[&str] = &[
+    "DELETE FROM authorization_codes WHERE hash = ANY(ARRAY(
+        SELECT hash FROM authorization_codes WHERE grant_id = ANY($1)
+        LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM access_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM access_tokens WHERE grant_id = ANY($1)
+        LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM refresh_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM refresh_tokens WHERE grant_id = ANY($1)
+        LIMIT $2 FOR UPDATE SKIP LOCKED))",
+];
+
+/// Step 3, once their children are gone: the grants themselves (a child row another
+/// transaction had locked, and step 2 skipped, goes by cascade).
+const REVOKED_GRANTS_DELETE: &str = "DELETE FROM grants WHERE id = ANY($1)";
+
+/// Old unrevoked grants nothing refers to any more, step 1: examine old unrevoked grants
+/// after the cursor `($2, $3)` in `(created_at, id)` order (the partial index
+/// `grants_created_at`, then an incremental sort on `id` within equal times), at most `$4`,
+/// each with whether it is empty. Takes no locks: read through a portal a chunk at a time,
+/// so the server stops soon after a batch is found. The emptiness checks are `LATERAL`
+/// probes of the `*_grant` indexes, one grant at a time: as `NOT EXISTS` in the select list
+/// the planner may instead hash a whole token table once per batch.
+const OLD_GRANTS: &str = "SELECT g.created_at, g.id,
+        c.x IS NULL AND a.x IS NULL AND r.x IS NULL
+    FROM (SELECT created_at, id FROM grants
+          WHERE revoked_at IS NULL AND created_at <= $1 AND (created_at, id) > ($2, $3)
+          ORDER BY created_at, id LIMIT $4) AS g
+    LEFT JOIN LATERAL (SELECT 1 AS x FROM authorization_codes
+                       WHERE grant_id = g.id LIMIT 1) AS c ON true
+    LEFT JOIN LATERAL (SELECT 1 AS x FROM access_tokens
+                       WHERE grant_id = g.id LIMIT 1) AS a ON true
+    LEFT JOIN LATERAL (SELECT 1 AS x FROM refresh_tokens
+                       WHERE grant_id = g.id LIMIT 1) AS r ON true
+    ORDER BY g.created_at, g.id";
+
+/// Step 2: lock the empty ones found. A grant someone is issuing into holds a
+/// `FOR KEY SHARE` lock and is skipped, as is one another cleaner took.
+const EMPTY_GRANTS_LOCK: &str = "SELECT id FROM grants
+    WHERE id = ANY($1) AND revoked_at IS NULL FOR UPDATE SKIP LOCKED";
+
+/// Step 3, in the same transaction with the locks held: delete them, re-checking on a
 /// fresh snapshot (READ COMMITTED: taken now, after the locks) that they are still empty
 /// and unrevoked, so a token committed in between keeps its grant.
 const EMPTY_GRANTS_DELETE: &str = "DELETE FROM grants AS g
@@ -95,6 +142,28 @@ const EMPTY_GRANTS_DELETE: &str = "DELETE FROM grants AS g
       AND NOT EXISTS (SELECT 1 FROM authorization_codes AS c WHERE c.grant_id = g.id)
       AND NOT EXISTS (SELECT 1 FROM access_tokens AS a WHERE a.grant_id = g.id)
       AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.grant_id = g.id)";
+
+/// What one pass does in each of its batches.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Statements sharing one batch's budget, each its own short transaction.
+    Statements(&'static [&'static str]),
+    /// See `revoked_grants`.
+    RevokedGrants,
+    /// See `empty_grants`.
+    EmptyGrants,
+}
+
+/// In order: tokens first, so grants they leave behind can go in the same run.
+const PASSES: &[(Kind, Step)] = &[
+    (Kind::Codes, Step::Statements(CODES)),
+    (Kind::Access, Step::Statements(ACCESS)),
+    (Kind::Refresh, Step::Statements(REFRESH)),
+    (Kind::Pats, Step::Statements(PATS)),
+    (Kind::Sessions, Step::Statements(SESSIONS)),
+    (Kind::Grants, Step::RevokedGrants),
+    (Kind::Grants, Step::EmptyGrants),
+];
 
 fn slot(report: &mut CleanupReport, kind: Kind) -> &mut u64 {
     match kind {
@@ -107,25 +176,165 @@ fn slot(report: &mut CleanupReport, kind: Kind) -> &mut u64 {
     }
 }
 
+/// Where the empty-grants scan of one cleanup call has got to, in `(created_at, id)` order.
+struct Cursor {
+    created_at: Ts,
+    id: Uuid,
+}
+
+impl Cursor {
+    /// Before every grant (`-infinity`, the nil id).
+    fn start() -> Self {
+        Self {
+            created_at: Ts(Timestamp::from_unix_micros(i64::MIN)),
+            id: Uuid::nil(),
+        }
+    }
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One batch of statements sharing a budget of `batch` rows: rows deleted, and whether the
+/// pass is done (the statements together found fewer than `batch`).
+async fn statements(conn: &Object, sqls: &[&str], cutoff: &Ts, batch: i64) -> Result<(u64, bool)> {
+    let mut left = batch;
+    for sql in sqls {
+        if left == 0 {
+            break;
+        }
+        let st = conn.prepare_cached(sql).await.db()?;
+        // One statement, one short transaction (autocommit).
+        left -= count(conn.execute(&st, &[cutoff, &left]).await.db()?);
+    }
+    Ok((u64::try_from(batch - left).unwrap_or(0), left > 0))
+}
+
+/// One batch of revoked grants, with whatever is left of them. Their codes and tokens are
+/// deleted first, at most `batch` rows a batch in all (so one batch never cascades over an
+/// unbounded number of rows: rotated refresh tokens stay until their family expires); once
+/// none are left, the grants. Only grants are counted: a code or token deleted here goes
+/// *with its grant*, as it would have by cascade (anything dead by its own rule was already
+/// deleted, and counted, by its own pass).
+async fn revoked_grants(conn: &mut Object, cutoff: &Ts, batch: i64) -> Result<(u64, bool)> {
+    let tx = conn.transaction().await.db()?;
+    let lock = tx.prepare_cached(REVOKED_GRANTS_LOCK).await.db()?;
+    let ids: Vec<Uuid> = tx
+        .query(&lock, &[cutoff, &batch])
+        .await
+        .db()?
+        .iter()
+        .map(|r| r.try_get(0).db())
+        .collect::<Result<_>>()?;
+    if ids.is_empty() {
+        tx.commit().await.db()?;
+        return Ok((0, true));
+    }
+    let mut left = batch;
+    for sql in GRANT_CHILDREN {
+        let st = tx.prepare_cached(sql).await.db()?;
+        left -= count(tx.execute(&st, &[&ids, &left]).await.db()?);
+        if left == 0 {
+            // Perhaps not empty yet: the next batch goes on with them.
+            tx.commit().await.db()?;
+            return Ok((0, false));
+        }
+    }
+    let st = tx.prepare_cached(REVOKED_GRANTS_DELETE).await.db()?;
+    let n = tx.execute(&st, &[&ids]).await.db()?;
+    tx.commit().await.db()?;
+    Ok((n, count(ids.len() as u64) < batch))
+}
+
+/// One batch of old unrevoked grants nothing refers to any more, at most `batch`. The
+/// cursor carries over between batches of one call, so a live grant is examined once per
+/// call, not once per batch; one batch examines at most `max(16 × batch, MIN_GRANT_SCAN)`.
+async fn empty_grants(
+    conn: &mut Object,
+    cutoff: &Ts,
+    batch: i64,
+    cursor: &mut Cursor,
+) -> Result<(u64, bool)> {
+    let scan = batch.saturating_mul(16).max(MIN_GRANT_SCAN);
+    let tx = conn.transaction().await.db()?;
+    // Planned for this call's parameters: a generic plan, not knowing how many grants are
+    // old, may sort all of them for `(created_at, id)` order instead of following the
+    // index (EXPLAIN on a populated schema shows it).
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        .await
+        .db()?;
+    let st = tx.prepare_cached(OLD_GRANTS).await.db()?;
+    let portal = tx
+        .bind(&st, &[cutoff, &cursor.created_at, &cursor.id, &scan])
+        .await
+        .db()?;
+    let mut empty: Vec<Uuid> = Vec::new();
+    let mut examined = 0i64;
+    let done = 'scan: loop {
+        let rows = tx.query_portal(&portal, GRANT_SCAN_CHUNK).await.db()?;
+        let got = rows.len();
+        for row in rows {
+            examined += 1;
+            let created_at: Ts = row.try_get(0).db()?;
+            let id: Uuid = row.try_get(1).db()?;
+            if row.try_get::<_, bool>(2).db()? {
+                empty.push(id);
+            }
+            *cursor = Cursor { created_at, id };
+            if count(empty.len() as u64) == batch {
+                break 'scan false;
+            }
+        }
+        if got < GRANT_SCAN_CHUNK as usize {
+            // The portal is exhausted: the end, unless it stopped at `scan`.
+            break examined < scan;
+        }
+    };
+    drop(portal);
+    let mut deleted = 0;
+    if !empty.is_empty() {
+        let lock = tx.prepare_cached(EMPTY_GRANTS_LOCK).await.db()?;
+        let locked: Vec<Uuid> = tx
+            .query(&lock, &[&empty])
+            .await
+            .db()?
+            .iter()
+            .map(|r| r.try_get(0).db())
+            .collect::<Result<_>>()?;
+        if !locked.is_empty() {
+            let del = tx.prepare_cached(EMPTY_GRANTS_DELETE).await.db()?;
+            deleted = tx.execute(&del, &[&locked]).await.db()?;
+        }
+    }
+    tx.commit().await.db()?;
+    Ok((deleted, done))
+}
+
 impl PostgresStore {
     async fn cleanup_impl(&self, opts: &CleanupOptions, now: Timestamp) -> Result<CleanupReport> {
         let mut conn = self.inner.conn().await?;
         let cutoff = ts(now.saturating_sub(opts.retention));
         let batch = i64::from(opts.batch_size);
         let mut report = CleanupReport::default();
-        let deadline = opts.time_budget.map(|b| std::time::Instant::now() + b);
-        let out_of_time = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
-        for pass in PASSES {
-            let st = conn.prepare_cached(pass.sql).await.db()?;
+        let deadline = opts.time_budget.map(|b| Instant::now() + b);
+        let out_of_time = || deadline.is_some_and(|d| Instant::now() >= d);
+        for &(kind, step) in PASSES {
+            let mut cursor = Cursor::start();
             let mut finished = false;
             for _ in 0..opts.max_batches {
                 if out_of_time() {
                     break;
                 }
-                // One statement, one short transaction per batch (autocommit).
-                let n = conn.execute(&st, &[&cutoff, &batch]).await.db()?;
-                *slot(&mut report, pass.kind) += n;
-                if n < opts.batch_size.into() {
+                let (n, done) = match step {
+                    Step::Statements(sqls) => statements(&conn, sqls, &cutoff, batch).await?,
+                    Step::RevokedGrants => revoked_grants(&mut conn, &cutoff, batch).await?,
+                    Step::EmptyGrants => {
+                        empty_grants(&mut conn, &cutoff, batch, &mut cursor).await?
+                    }
+                };
+                *slot(&mut report, kind) += n;
+                if done {
                     finished = true;
                     break;
                 }
@@ -134,38 +343,6 @@ impl PostgresStore {
             if !finished {
                 report.incomplete = true;
             }
-        }
-        // Grants left empty, in two steps per batch (see EMPTY_GRANTS_*).
-        let mut finished = false;
-        for _ in 0..opts.max_batches {
-            if out_of_time() {
-                break;
-            }
-            let tx = conn.transaction().await.db()?;
-            let lock = tx.prepare_cached(EMPTY_GRANTS_LOCK).await.db()?;
-            let ids: Vec<uuid::Uuid> = tx
-                .query(&lock, &[&cutoff, &batch])
-                .await
-                .db()?
-                .iter()
-                .map(|r| r.try_get(0).db())
-                .collect::<Result<_>>()?;
-            let n = if ids.is_empty() {
-                0
-            } else {
-                let del = tx.prepare_cached(EMPTY_GRANTS_DELETE).await.db()?;
-                tx.execute(&del, &[&ids]).await.db()?
-            };
-            tx.commit().await.db()?;
-            report.grants += n;
-            if (ids.len() as u64) < u64::from(opts.batch_size) {
-                finished = true;
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        if !finished {
-            report.incomplete = true;
         }
         if report.total() > 0 {
             tracing::debug!(?report, "postgres cleanup");

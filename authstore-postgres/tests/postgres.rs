@@ -642,3 +642,83 @@ async fn pat_usage_is_one_batch_and_later_times_win() {
     assert_eq!(used, vec![Some(t(9)), Some(t(3)), None]);
     drop(common::DropSchema(schema));
 }
+
+#[tokio::test]
+async fn a_revoked_grant_goes_in_bounded_batches_counted_once() {
+    let (s, schema) = migrated().await;
+    let c = client(T0);
+    s.insert_client(&c, None, event(AuditKind::ClientCreated))
+        .await
+        .unwrap();
+    let grant = Grant {
+        id: GrantId::new_at(T0),
+        client_id: c.id,
+        subject: None,
+        scope: Scopes::parse("read").unwrap(),
+        auth: AuthContext::default(),
+        created_at: T0,
+        revoked_at: None,
+    };
+    // 25 access tokens alive for 30 days: only the grant's revocation makes them go.
+    for i in 0..25u8 {
+        let token = AccessToken {
+            grant_id: grant.id,
+            client_id: c.id,
+            subject: None,
+            scope: grant.scope.clone(),
+            audience: vec![],
+            issued_at: T0,
+            expires_at: T0.saturating_add(Duration::from_secs(30 * 86_400)),
+            revoked_at: None,
+            cnf: None,
+            auth: AuthContext::default(),
+            claims: serde_json::json!({}),
+        };
+        let issue = TokenIssue {
+            grant_id: grant.id,
+            new_grant: (i == 0).then(|| grant.clone()),
+            access: Some((TokenHash::from_bytes([i; 32]), token)),
+            refresh: None,
+        };
+        s.issue_tokens(&issue, event(AuditKind::TokensIssued))
+            .await
+            .unwrap();
+    }
+    s.revoke_grant(grant.id, event(AuditKind::GrantRevoked))
+        .await
+        .unwrap();
+    let later = T0.saturating_add(Duration::from_secs(2 * 86_400));
+    let small = CleanupOptions {
+        batch_size: 10,
+        max_batches: 2,
+        ..CleanupOptions::default()
+    };
+    // Two batches of at most 10 rows: 20 tokens go, the grant stays.
+    let r = s.cleanup(&small, later).await.unwrap();
+    assert_eq!(
+        r.total(),
+        0,
+        "tokens of a revoked grant go with it, uncounted: {r:?}"
+    );
+    assert!(r.incomplete);
+    assert!(s.get_grant(grant.id).await.unwrap().is_some());
+    let st = s.stats(later).await.unwrap();
+    assert_eq!(st.access_tokens.revoked, 5, "bounded: 2 batches of 10");
+    let r = s
+        .cleanup(
+            &CleanupOptions {
+                max_batches: 1000,
+                ..small
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.grants, 1, "{r:?}");
+    assert_eq!(r.total(), 1, "{r:?}");
+    assert!(!r.incomplete);
+    assert!(s.get_grant(grant.id).await.unwrap().is_none());
+    let st = s.stats(later).await.unwrap();
+    assert_eq!(st.access_tokens, Default::default(), "{st:?}");
+    drop(common::DropSchema(schema));
+}
