@@ -64,6 +64,34 @@ str_enum!(
         ConsentRecorded => "consent.recorded",
         /// A consent was revoked, with the grants it covered.
         ConsentRevoked => "consent.revoked",
+        /// A user was created.
+        UserCreated => "user.created",
+        /// A user was changed.
+        UserUpdated => "user.updated",
+        /// A user was disabled (and everything they held revoked).
+        UserDisabled => "user.disabled",
+        /// A user was enabled again.
+        UserEnabled => "user.enabled",
+        /// A user was deleted with everything they owned (erasure).
+        UserDeleted => "user.deleted",
+        /// A group was created.
+        GroupCreated => "group.created",
+        /// A group was renamed.
+        GroupRenamed => "group.renamed",
+        /// A group was deleted.
+        GroupDeleted => "group.deleted",
+        /// A user joined a group.
+        GroupMemberAdded => "group.member_added",
+        /// A user left a group.
+        GroupMemberRemoved => "group.member_removed",
+        /// A user's password was set or changed.
+        PasswordSet => "password.set",
+        /// A login succeeded.
+        LoginSucceeded => "login.succeeded",
+        /// A login failed (never with the password).
+        LoginFailed => "login.failed",
+        /// A login was refused because of too many recent failures.
+        LoginLocked => "login.locked",
     }
 );
 

@@ -37,12 +37,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use std::net::IpAddr;
+
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::error::Result;
+use crate::identity::{FailureCounts, Group, GroupId, User, UserId};
 use crate::model::{
     AccessToken, AuthorizationCode, AuthorizationSession, Client, ClientId, Consent, Grant,
     GrantId, PatId, PersonalAccessToken, RefreshToken, RefreshTokenState, Scopes, Subject,
 };
+use crate::password::PasswordHash;
 use crate::time::Timestamp;
 use crate::token::TokenHash;
 
@@ -373,6 +377,121 @@ pub trait AuditStore: Debug + Send + Sync + 'static {
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 }
 
+/// Users, groups, passwords and login failures.
+///
+/// Unique keys are case-folded with [`fold_case`](crate::identity::fold_case): a username
+/// or email (or group name) that folds to an existing one is a
+/// [`Error::Conflict`](crate::Error::Conflict).
+#[async_trait]
+pub trait IdentityStore: Debug + Send + Sync + 'static {
+    /// Inserts a user. Conflict if the id, username key or email key exists.
+    async fn insert_user(&self, user: &User, audit: AuditEvent) -> Result<()>;
+
+    /// The user, or `None`.
+    async fn get_user(&self, id: UserId) -> Result<Option<User>>;
+
+    /// The user whose username key is `username_key`, or `None`.
+    async fn find_user_by_username(&self, username_key: &str) -> Result<Option<User>>;
+
+    /// The user whose email key is `email_key`, or `None`.
+    async fn find_user_by_email(&self, email_key: &str) -> Result<Option<User>>;
+
+    /// Replaces username, email, email_verified, metadata and updated_at; **never** `active`
+    /// (see [`set_user_active`](Self::set_user_active)). NotFound / Conflict.
+    async fn update_user(&self, user: &User, audit: AuditEvent) -> Result<()>;
+
+    /// Sets `active` (and `updated_at = audit.at`). Disabling also revokes, in the same
+    /// transaction, every unrevoked grant of the user's subject and every unrevoked PAT of
+    /// theirs: a disabled user's tokens stop working at once. No event if unchanged.
+    /// NotFound if the user does not exist.
+    async fn set_user_active(&self, id: UserId, active: bool, audit: AuditEvent) -> Result<()>;
+
+    /// Erases a user: the user, their group memberships, password and login failures, and
+    /// everything whose subject is theirs — grants (with their codes and tokens), PATs,
+    /// consents, authorization sessions. Audit events stay. `false` if there was no user
+    /// (no event then).
+    async fn delete_user(&self, id: UserId, audit: AuditEvent) -> Result<bool>;
+
+    /// Users ordered by id after `after`, at most `limit`; with `search`, only those whose
+    /// username key or email key contains `search` (already case-folded).
+    async fn list_users(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+        search: Option<&str>,
+    ) -> Result<Vec<User>>;
+
+    /// Inserts a group. Conflict if the id or name key exists.
+    async fn insert_group(&self, group: &Group, audit: AuditEvent) -> Result<()>;
+
+    /// The group, or `None`.
+    async fn get_group(&self, id: GroupId) -> Result<Option<Group>>;
+
+    /// Renames a group. NotFound / Conflict.
+    async fn rename_group(&self, id: GroupId, name: &str, audit: AuditEvent) -> Result<()>;
+
+    /// Deletes a group and its memberships; `false` if none.
+    async fn delete_group(&self, id: GroupId, audit: AuditEvent) -> Result<bool>;
+
+    /// Adds a user to a group; `false` (no event) if already a member. NotFound if either
+    /// does not exist.
+    async fn add_group_member(
+        &self,
+        group: GroupId,
+        user: UserId,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// Removes a user from a group; `false` (no event) if not a member.
+    async fn remove_group_member(
+        &self,
+        group: GroupId,
+        user: UserId,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// The groups of a user, ordered by name key.
+    async fn user_groups(&self, user: UserId) -> Result<Vec<Group>>;
+
+    /// The members of a group, ordered by user id.
+    async fn group_members(&self, group: GroupId) -> Result<Vec<User>>;
+
+    /// Stores the user's password hash (replacing any), detaches their login failures (as a
+    /// successful login does) and,
+    /// with `revoke_grants`, revokes in the same transaction every unrevoked grant of their
+    /// subject and every unrevoked PAT of theirs. NotFound if the user does not exist.
+    async fn set_password_hash(
+        &self,
+        user: UserId,
+        hash: &PasswordHash,
+        revoke_grants: bool,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// The user's password hash, or `None`.
+    async fn get_password_hash(&self, user: UserId) -> Result<Option<PasswordHash>>;
+
+    /// Records a login attempt and writes `audit` in the same transaction. A failure is
+    /// remembered for `user` (if known and stored; else source only) and `source` (if
+    /// known) at `audit.at`. A success **detaches** the user's failure rows (their user
+    /// becomes unknown): the user's count drops to zero while the per-source counts stay.
+    async fn record_login_attempt(
+        &self,
+        user: Option<UserId>,
+        source: Option<IpAddr>,
+        success: bool,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// Failures of `user` and from `source` at or after `since`.
+    async fn login_failures(
+        &self,
+        user: Option<UserId>,
+        source: Option<IpAddr>,
+        since: Timestamp,
+    ) -> Result<FailureCounts>;
+}
+
 /// How [`Maintenance::cleanup`] works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CleanupOptions {
@@ -416,6 +535,8 @@ pub struct CleanupReport {
     pub personal_access_tokens: u64,
     /// Authorization sessions.
     pub authorization_sessions: u64,
+    /// Login failures recorded at or before the cutoff.
+    pub login_failures: u64,
     /// Whether a kind hit `max_batches` or the time budget ran out, so more may remain.
     pub incomplete: bool,
 }
@@ -429,6 +550,7 @@ impl CleanupReport {
             + self.grants
             + self.personal_access_tokens
             + self.authorization_sessions
+            + self.login_failures
     }
 }
 
@@ -489,7 +611,8 @@ pub trait Maintenance: Debug + Send + Sync + 'static {
     /// - grants revoked at or before `cutoff` (with whatever remains of them), and grants
     ///   created at or before `cutoff` that have no code, access or refresh token left;
     /// - PATs with `expires_at <= cutoff` or `revoked_at <= cutoff`;
-    /// - authorization sessions with `expires_at <= cutoff` or `completed_at <= cutoff`.
+    /// - authorization sessions with `expires_at <= cutoff` or `completed_at <= cutoff`;
+    /// - login failures recorded at or before `cutoff` (last, after grants).
     ///
     /// where `cutoff = now - retention`, in this order: codes, access tokens, refresh
     /// tokens, PATs, authorization sessions, then grants. Each count is of rows deleted by
@@ -511,6 +634,7 @@ pub trait Backend:
     + AuthorizationSessionStore
     + ConsentStore
     + AuditStore
+    + IdentityStore
     + Maintenance
 {
     /// The backend's name (`memory`, `sqlite`, …), for logs and errors.

@@ -146,6 +146,16 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A login failed: unknown user, wrong password, disabled user or no password set. The
+    /// cases are deliberately not told apart.
+    #[error("the username or password is wrong")]
+    InvalidCredentials,
+    /// Too many failed logins for this user or from this source recently: try again later.
+    #[error("too many failed login attempts: try again in {} seconds", retry_after.as_secs())]
+    TooManyAttempts {
+        /// How long to wait at most.
+        retry_after: std::time::Duration,
+    },
     /// The storage backend failed. The source is kept; [`Error::is_temporary`] says whether
     /// retrying may help.
     #[error("{backend} backend error{}", if *.temporary { " (temporary: retry)" } else { "" })]
@@ -232,6 +242,8 @@ impl Error {
             Self::InvalidScope { .. } => "AS0017",
             Self::SealingKeyUnknown { .. } => "AS0018",
             Self::SealedValueInvalid { .. } => "AS0019",
+            Self::InvalidCredentials => "AS0020",
+            Self::TooManyAttempts { .. } => "AS0021",
         }
     }
 }

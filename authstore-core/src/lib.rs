@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+mod accounts;
 pub mod audit;
 pub mod backend;
 mod error;
+pub mod identity;
 pub mod migration;
 pub mod model;
 pub mod password;
@@ -15,6 +17,7 @@ pub mod token;
 pub use audit::{AuditContext, AuditEvent, AuditKind, AuditQuery};
 pub use backend::Backend;
 pub use error::{Error, Result};
+pub use identity::{FailureCounts, Group, GroupId, NewUser, User, UserId, UserUpdate};
 pub use model::*;
 pub use password::{PasswordHash, PasswordHasher, PasswordParams, Verification};
 pub use seal::{SealContext, Sealed, SealingKey, SealingKeyring};

@@ -66,7 +66,9 @@ macro_rules! id_type {
 static V7_CONTEXT: std::sync::Mutex<uuid::ContextV7> =
     std::sync::Mutex::new(uuid::ContextV7::new());
 
-fn new_v7(at: Timestamp) -> uuid::Uuid {
+pub(crate) use id_type;
+
+pub(crate) fn new_v7(at: Timestamp) -> uuid::Uuid {
     let micros = at.as_unix_micros().max(0);
     let secs = u64::try_from(micros / 1_000_000).unwrap_or(0);
     let nanos = u32::try_from((micros % 1_000_000) * 1000).unwrap_or(0);
@@ -92,7 +94,7 @@ id_type!(
     AuditEventId, "audit event id"
 );
 
-fn check_text(field: &'static str, s: &str, max: usize) -> Result<()> {
+pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<()> {
     if s.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
@@ -122,6 +124,11 @@ impl Subject {
     /// The subject as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A subject known valid by construction (a UUID's text).
+    pub(crate) fn from_trusted(s: String) -> Self {
+        Self(s)
     }
 }
 

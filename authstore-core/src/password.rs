@@ -192,6 +192,12 @@ impl PasswordHasher {
         self.hash_unchecked(password.secret().as_bytes())
     }
 
+    /// Re-hashes a password that just verified, with the current parameters (no policy
+    /// check: it was accepted under the policy of its day).
+    pub(crate) fn rehash(&self, password: &Password) -> Result<PasswordHash> {
+        self.hash_unchecked(password.secret().as_bytes())
+    }
+
     fn hash_unchecked(&self, password: &[u8]) -> Result<PasswordHash> {
         let salt_bytes = random_bytes::<16>()?;
         let salt = SaltString::encode_b64(salt_bytes.as_ref()).map_err(|e| Error::Config {

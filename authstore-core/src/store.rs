@@ -82,6 +82,39 @@ pub struct Config {
     /// up (needed to store tokens minted elsewhere). Default `false`: such strings are
     /// rejected as malformed without a lookup.
     pub accept_foreign_tokens: bool,
+    /// Argon2id parameters for passwords (default: OWASP's).
+    pub password_params: crate::password::PasswordParams,
+    /// Accept password parameters below 8 MiB.
+    ///
+    /// # Security
+    ///
+    /// For tests only: weak parameters make stolen hashes cheap to crack.
+    pub danger_allow_weak_password_params: bool,
+    /// Failed-login limits.
+    pub login: LoginPolicy,
+}
+
+/// How many failed logins lock what, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginPolicy {
+    /// Failures for one user within `window` (since their last success) before logins for
+    /// that user are refused. Default 5.
+    pub max_user_failures: u32,
+    /// Failures from one source address within `window` before logins from it are refused.
+    /// Default 50 (a shared address may carry many users).
+    pub max_source_failures: u32,
+    /// The window. Default 15 minutes.
+    pub window: Duration,
+}
+
+impl Default for LoginPolicy {
+    fn default() -> Self {
+        Self {
+            max_user_failures: 5,
+            max_source_failures: 50,
+            window: Duration::from_secs(900),
+        }
+    }
 }
 
 impl Default for Config {
@@ -92,6 +125,9 @@ impl Default for Config {
             refresh_grace: Duration::ZERO,
             refresh_grace_max_reuses: 3,
             accept_foreign_tokens: false,
+            password_params: crate::password::PasswordParams::default(),
+            danger_allow_weak_password_params: false,
+            login: LoginPolicy::default(),
         }
     }
 }
@@ -99,6 +135,16 @@ impl Default for Config {
 impl Config {
     /// Checks bounds.
     pub fn validate(&self) -> Result<()> {
+        self.password_params
+            .validate(self.danger_allow_weak_password_params)?;
+        if self.login.max_user_failures == 0
+            || self.login.max_source_failures == 0
+            || self.login.window.is_zero()
+        {
+            return Err(Error::Config {
+                reason: "login limits and window must be at least 1".into(),
+            });
+        }
         if !(1..=100).contains(&self.refresh_grace_max_reuses) {
             return Err(Error::Config {
                 reason: "refresh_grace_max_reuses must be 1 to 100".into(),
@@ -381,12 +427,14 @@ pub struct ForeignTokens<'a> {
 /// Cheap to clone (everything is behind `Arc`s); clones share the PAT usage buffer.
 #[derive(Clone)]
 pub struct Authstore {
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     keys: Arc<TokenKeyring>,
     clock: Arc<dyn Clock>,
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     audit: AuditContext,
     pat_usage: Arc<Mutex<HashMap<PatId, Timestamp>>>,
+    /// Built on first use (it makes one hash), shared by clones.
+    pub(crate) passwords: Arc<std::sync::OnceLock<Arc<crate::password::PasswordHasher>>>,
 }
 
 impl fmt::Debug for Authstore {
@@ -416,6 +464,7 @@ impl Authstore {
             config: Arc::new(Config::default()),
             audit: AuditContext::default(),
             pat_usage: Arc::new(Mutex::new(HashMap::new())),
+            passwords: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -429,6 +478,7 @@ impl Authstore {
     pub fn with_config(mut self, config: Config) -> Result<Self> {
         config.validate()?;
         self.config = Arc::new(config);
+        self.passwords = Arc::new(std::sync::OnceLock::new());
         Ok(self)
     }
 
@@ -455,7 +505,7 @@ impl Authstore {
         self.clock.now()
     }
 
-    fn event(&self, kind: AuditKind, at: Timestamp) -> AuditEvent {
+    pub(crate) fn event(&self, kind: AuditKind, at: Timestamp) -> AuditEvent {
         AuditEvent::new(kind, at, &self.audit)
     }
 

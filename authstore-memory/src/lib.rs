@@ -59,27 +59,41 @@ Other backends should match these; the conformance suite is the arbiter.
   safe. What a deleted grant still held is not counted. `batch_size` must be 1 to 100 000
   and `max_batches` at least 1 ([`Error::InvalidInput`]).
 - **Audit order** is by id, and ids (UUIDv7) order events only to the millisecond.
+- **Identity.** [`IdentityStore::update_user`], [`IdentityStore::rename_group`] and
+  [`IdentityStore::set_password_hash`] always write their event (they are explicit
+  changes); [`IdentityStore::set_user_active`] and the membership calls only when something
+  changed. A successful login and [`IdentityStore::set_password_hash`] forget which
+  failure rows were the user's (the rows stay, counting for their source and for cleanup:
+  one account's success does not reset an address's count); erasing the user
+  ([`IdentityStore::delete_user`]) deletes their rows outright. A failure for a user id
+  that is not stored is remembered for its source only; every failure stores one row, even
+  with neither user nor source.
+  [`IdentityStore::remove_group_member`] and the list calls answer `false`/empty for a
+  missing user or group.
 "#]
 
 mod hasher;
 mod state;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use authstore_core::backend::{
     AuditStore, AuthorizationSessionStore, CleanupOptions, CleanupReport, ClientStore,
-    CodeConsumption, ConsentStore, GrantStore, KindStats, Maintenance, PatStore, RevokeOutcome,
-    Rotation, RotationMode, Stats, TokenIssue,
+    CodeConsumption, ConsentStore, GrantStore, IdentityStore, KindStats, Maintenance, PatStore,
+    RevokeOutcome, Rotation, RotationMode, Stats, TokenIssue,
 };
+use authstore_core::identity::subject_of;
 use authstore_core::{
     AccessToken, AuditEvent, AuditQuery, AuthorizationCode, AuthorizationSession, Backend, Client,
-    ClientId, Consent, Error, Grant, GrantId, PatId, PersonalAccessToken, RefreshTokenState,
-    Result, Scopes, Subject, Timestamp, TokenHash,
+    ClientId, Consent, Error, FailureCounts, Grant, GrantId, Group, GroupId, PasswordHash, PatId,
+    PersonalAccessToken, RefreshTokenState, Result, Scopes, Subject, Timestamp, TokenHash, User,
+    UserId,
 };
 
-use crate::state::{ClientRow, State};
+use crate::state::{ClientRow, LoginFailure, State};
 
 /// The most rows one cleanup batch may delete ([`CleanupOptions::batch_size`]).
 const MAX_BATCH_SIZE: u32 = 100_000;
@@ -993,6 +1007,342 @@ impl ConsentStore for MemoryStore {
     }
 }
 
+fn user_not_found(id: UserId) -> Error {
+    Error::not_found(format!("user {id}"))
+}
+
+fn group_not_found(id: GroupId) -> Error {
+    Error::not_found(format!("group {id}"))
+}
+
+fn failure_dead(f: &LoginFailure, cutoff: Timestamp) -> bool {
+    f.at <= cutoff
+}
+
+fn count_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[async_trait]
+impl IdentityStore for MemoryStore {
+    async fn insert_user(&self, user: &User, audit: AuditEvent) -> Result<()> {
+        let mut st = self.write();
+        if st.users.contains_key(&user.id) {
+            return Err(Error::Conflict {
+                what: format!("user {}", user.id),
+            });
+        }
+        st.check_user_keys(user)?;
+        st.check_event(&audit)?;
+        st.put_user(user.clone());
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>> {
+        Ok(self.read().users.get(&id).cloned())
+    }
+
+    async fn find_user_by_username(&self, username_key: &str) -> Result<Option<User>> {
+        let st = self.read();
+        Ok(st
+            .user_by_username
+            .get(username_key)
+            .and_then(|id| st.users.get(id))
+            .cloned())
+    }
+
+    async fn find_user_by_email(&self, email_key: &str) -> Result<Option<User>> {
+        let st = self.read();
+        Ok(st
+            .user_by_email
+            .get(email_key)
+            .and_then(|id| st.users.get(id))
+            .cloned())
+    }
+
+    async fn update_user(&self, user: &User, audit: AuditEvent) -> Result<()> {
+        let mut st = self.write();
+        let Some(old) = st.users.get(&user.id) else {
+            return Err(user_not_found(user.id));
+        };
+        // Everything but the id, the creation time and `active` (which only set_user_active
+        // writes: an update from a stale read must not re-enable a user).
+        let updated = User {
+            id: old.id,
+            active: old.active,
+            created_at: old.created_at,
+            ..user.clone()
+        };
+        st.check_user_keys(&updated)?;
+        st.check_event(&audit)?;
+        st.put_user(updated);
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn set_user_active(&self, id: UserId, active: bool, audit: AuditEvent) -> Result<()> {
+        let mut st = self.write();
+        match st.users.get(&id) {
+            None => return Err(user_not_found(id)),
+            Some(u) if u.active == active => return Ok(()),
+            Some(_) => {}
+        }
+        st.check_event(&audit)?;
+        if let Some(u) = st.users.get_mut(&id) {
+            u.active = active;
+            u.updated_at = audit.at;
+        }
+        if !active {
+            // A disabled user's tokens stop working with the same change.
+            st.revoke_subject_at(&subject_of(id), audit.at);
+        }
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn delete_user(&self, id: UserId, audit: AuditEvent) -> Result<bool> {
+        let mut st = self.write();
+        let Some(user) = st.users.get(&id) else {
+            return Ok(false);
+        };
+        let (name, email) = (user.username_key(), user.email_key());
+        st.check_event(&audit)?;
+        st.users.remove(&id);
+        st.user_by_username.remove(&name);
+        if let Some(e) = email {
+            st.user_by_email.remove(&e);
+        }
+        let groups: Vec<GroupId> = st
+            .memberships
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for g in groups {
+            st.remove_member(g, id);
+        }
+        st.passwords.remove(&id);
+        st.remove_failures(id);
+        st.remove_subject(&subject_of(id));
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn list_users(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+        search: Option<&str>,
+    ) -> Result<Vec<User>> {
+        use std::ops::Bound;
+        let st = self.read();
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(st
+            .users
+            .range((lower, Bound::Unbounded))
+            .map(|(_, u)| u)
+            .filter(|u| {
+                search.is_none_or(|s| {
+                    u.username_key().contains(s) || u.email_key().is_some_and(|e| e.contains(s))
+                })
+            })
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn insert_group(&self, group: &Group, audit: AuditEvent) -> Result<()> {
+        let mut st = self.write();
+        if st.groups.contains_key(&group.id) {
+            return Err(Error::Conflict {
+                what: format!("group {}", group.id),
+            });
+        }
+        st.check_group_key(group)?;
+        st.check_event(&audit)?;
+        st.put_group(group.clone());
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn get_group(&self, id: GroupId) -> Result<Option<Group>> {
+        Ok(self.read().groups.get(&id).cloned())
+    }
+
+    async fn rename_group(&self, id: GroupId, name: &str, audit: AuditEvent) -> Result<()> {
+        let mut st = self.write();
+        let Some(old) = st.groups.get(&id) else {
+            return Err(group_not_found(id));
+        };
+        let renamed = Group {
+            name: name.to_owned(),
+            ..old.clone()
+        };
+        st.check_group_key(&renamed)?;
+        st.check_event(&audit)?;
+        st.put_group(renamed);
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn delete_group(&self, id: GroupId, audit: AuditEvent) -> Result<bool> {
+        let mut st = self.write();
+        let Some(group) = st.groups.get(&id) else {
+            return Ok(false);
+        };
+        let key = group.name_key();
+        st.check_event(&audit)?;
+        let users: Vec<UserId> = st.members.get(&id).into_iter().flatten().copied().collect();
+        for u in users {
+            st.remove_member(id, u);
+        }
+        st.groups.remove(&id);
+        st.group_by_name.remove(&key);
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn add_group_member(
+        &self,
+        group: GroupId,
+        user: UserId,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        if !st.groups.contains_key(&group) {
+            return Err(group_not_found(group));
+        }
+        if !st.users.contains_key(&user) {
+            return Err(user_not_found(user));
+        }
+        if st.is_member(group, user) {
+            return Ok(false);
+        }
+        st.check_event(&audit)?;
+        st.add_member(group, user);
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn remove_group_member(
+        &self,
+        group: GroupId,
+        user: UserId,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        if !st.is_member(group, user) {
+            return Ok(false);
+        }
+        st.check_event(&audit)?;
+        st.remove_member(group, user);
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn user_groups(&self, user: UserId) -> Result<Vec<Group>> {
+        let st = self.read();
+        let mut groups: Vec<(String, Group)> = st
+            .memberships
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| st.groups.get(g))
+            .map(|g| (g.name_key(), g.clone()))
+            .collect();
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(groups.into_iter().map(|(_, g)| g).collect())
+    }
+
+    async fn group_members(&self, group: GroupId) -> Result<Vec<User>> {
+        let st = self.read();
+        Ok(st
+            .members
+            .get(&group)
+            .into_iter()
+            .flatten()
+            .filter_map(|u| st.users.get(u))
+            .cloned()
+            .collect())
+    }
+
+    async fn set_password_hash(
+        &self,
+        user: UserId,
+        hash: &PasswordHash,
+        revoke_grants: bool,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let mut st = self.write();
+        if !st.users.contains_key(&user) {
+            return Err(user_not_found(user));
+        }
+        st.check_event(&audit)?;
+        st.passwords.insert(user, hash.clone());
+        st.forget_user_failures(user);
+        if revoke_grants {
+            st.revoke_subject_at(&subject_of(user), audit.at);
+        }
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn get_password_hash(&self, user: UserId) -> Result<Option<PasswordHash>> {
+        Ok(self.read().passwords.get(&user).cloned())
+    }
+
+    async fn record_login_attempt(
+        &self,
+        user: Option<UserId>,
+        source: Option<IpAddr>,
+        success: bool,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let mut st = self.write();
+        st.check_event(&audit)?;
+        // Only a stored user's failures are remembered under the user: erasing the user
+        // erases them.
+        let user = user.filter(|u| st.users.contains_key(u));
+        if success {
+            if let Some(u) = user {
+                st.forget_user_failures(u);
+            }
+        } else {
+            st.add_failure(LoginFailure {
+                user,
+                source,
+                at: audit.at,
+            });
+        }
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn login_failures(
+        &self,
+        user: Option<UserId>,
+        source: Option<IpAddr>,
+        since: Timestamp,
+    ) -> Result<FailureCounts> {
+        let st = self.read();
+        let recent = |ids: Option<&std::collections::BTreeSet<u64>>| {
+            count_u32(
+                ids.into_iter()
+                    .flatten()
+                    .filter_map(|id| st.failures.get(id))
+                    .filter(|f| f.at >= since)
+                    .count(),
+            )
+        };
+        Ok(FailureCounts {
+            user: user.map_or(0, |u| recent(st.failures_by_user.get(&u))),
+            source: source.map_or(0, |s| recent(st.failures_by_source.get(&s))),
+        })
+    }
+}
+
 #[async_trait]
 impl AuditStore for MemoryStore {
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
@@ -1083,6 +1433,19 @@ impl Maintenance for MemoryStore {
             |st, h| {
                 st.sessions.get(&h).is_some_and(|s| session_dead(s, cutoff))
                     && st.sessions.remove(&h).is_some()
+            },
+        );
+        // Last: nothing depends on a failure row.
+        r.login_failures = self.cleanup_kind(
+            options,
+            deadline,
+            inc,
+            |st, n| dead_keys(st.failures.iter(), n, |f| failure_dead(f, cutoff)),
+            |st, id| {
+                st.failures
+                    .get(&id)
+                    .is_some_and(|f| failure_dead(f, cutoff))
+                    && st.remove_failure(id)
             },
         );
         Ok(r)

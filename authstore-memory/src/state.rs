@@ -4,15 +4,22 @@
 //! - every grant's client exists, and the client's `grants` set lists it;
 //! - every code and token's grant exists, and the grant's sets list it;
 //! - `grants_by_subject` lists exactly the grants with that subject;
-//! - `pat_ids` maps every PAT's id to the hash it is stored under.
+//! - `pat_ids` maps every PAT's id to the hash it is stored under;
+//! - `user_by_username` / `user_by_email` map exactly the stored users' username and email
+//!   keys ([`User::username_key`], [`User::email_key`]) to their ids, `group_by_name` the
+//!   groups' name keys ([`Group::name_key`]);
+//! - `members` and `memberships` list the same (group, user) pairs, both of which exist;
+//! - `failures_by_user` / `failures_by_source` list exactly the failure rows with that user
+//!   or source.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 
 use authstore_core::model::AuditEventId;
 use authstore_core::{
     AccessToken, AuditEvent, AuthorizationCode, AuthorizationSession, Client, ClientId, Consent,
-    Error, Grant, GrantId, PatId, PersonalAccessToken, RefreshToken, Result, Subject, Timestamp,
-    TokenHash,
+    Error, Grant, GrantId, Group, GroupId, PasswordHash, PatId, PersonalAccessToken, RefreshToken,
+    Result, Subject, Timestamp, TokenHash, User, UserId,
 };
 
 use crate::hasher::{TokenMap, TokenSet};
@@ -41,6 +48,14 @@ impl GrantRow {
     }
 }
 
+/// One failed login: for whom (if known), from where (if known), when.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoginFailure {
+    pub(crate) user: Option<UserId>,
+    pub(crate) source: Option<IpAddr>,
+    pub(crate) at: Timestamp,
+}
+
 /// All records.
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -55,6 +70,21 @@ pub(crate) struct State {
     pub(crate) sessions: TokenMap<AuthorizationSession>,
     pub(crate) consents: BTreeMap<(ClientId, Subject), Consent>,
     pub(crate) audit: BTreeMap<AuditEventId, AuditEvent>,
+    pub(crate) users: BTreeMap<UserId, User>,
+    pub(crate) user_by_username: HashMap<String, UserId>,
+    pub(crate) user_by_email: HashMap<String, UserId>,
+    pub(crate) groups: BTreeMap<GroupId, Group>,
+    pub(crate) group_by_name: HashMap<String, GroupId>,
+    /// Group -> its members.
+    pub(crate) members: HashMap<GroupId, BTreeSet<UserId>>,
+    /// User -> the groups they belong to.
+    pub(crate) memberships: HashMap<UserId, HashSet<GroupId>>,
+    pub(crate) passwords: HashMap<UserId, PasswordHash>,
+    /// Failure rows by a sequence number (insertion order).
+    pub(crate) failures: BTreeMap<u64, LoginFailure>,
+    pub(crate) failures_by_user: HashMap<UserId, BTreeSet<u64>>,
+    pub(crate) failures_by_source: HashMap<IpAddr, BTreeSet<u64>>,
+    pub(crate) next_failure: u64,
 }
 
 impl State {
@@ -239,5 +269,198 @@ impl State {
             }
         }
         Ok(())
+    }
+    /// Fails with [`Error::Conflict`] if `user`'s username or email key belongs to another
+    /// user than `user.id`.
+    pub(crate) fn check_user_keys(&self, user: &User) -> Result<()> {
+        if self
+            .user_by_username
+            .get(&user.username_key())
+            .is_some_and(|id| *id != user.id)
+        {
+            return Err(Error::Conflict {
+                what: format!("user with username {:?}", user.username),
+            });
+        }
+        if let Some(key) = user.email_key() {
+            if self
+                .user_by_email
+                .get(&key)
+                .is_some_and(|id| *id != user.id)
+            {
+                return Err(Error::Conflict {
+                    what: "user with this email".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a user (keys checked) and indexes its keys, replacing the old record's keys.
+    pub(crate) fn put_user(&mut self, user: User) {
+        if let Some(old) = self.users.get(&user.id) {
+            let (name, email) = (old.username_key(), old.email_key());
+            self.user_by_username.remove(&name);
+            if let Some(e) = email {
+                self.user_by_email.remove(&e);
+            }
+        }
+        self.user_by_username.insert(user.username_key(), user.id);
+        if let Some(e) = user.email_key() {
+            self.user_by_email.insert(e, user.id);
+        }
+        self.users.insert(user.id, user);
+    }
+
+    /// Fails with [`Error::Conflict`] if `group`'s name key belongs to another group.
+    pub(crate) fn check_group_key(&self, group: &Group) -> Result<()> {
+        if self
+            .group_by_name
+            .get(&group.name_key())
+            .is_some_and(|id| *id != group.id)
+        {
+            return Err(Error::Conflict {
+                what: format!("group named {:?}", group.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores a group (key checked) and indexes its name key, replacing the old one's.
+    pub(crate) fn put_group(&mut self, group: Group) {
+        if let Some(old) = self.groups.get(&group.id) {
+            let key = old.name_key();
+            self.group_by_name.remove(&key);
+        }
+        self.group_by_name.insert(group.name_key(), group.id);
+        self.groups.insert(group.id, group);
+    }
+
+    /// Whether `user` is a member of `group`.
+    pub(crate) fn is_member(&self, group: GroupId, user: UserId) -> bool {
+        self.members.get(&group).is_some_and(|m| m.contains(&user))
+    }
+
+    /// Adds a membership (both exist); `true` if it is new.
+    pub(crate) fn add_member(&mut self, group: GroupId, user: UserId) -> bool {
+        self.memberships.entry(user).or_default().insert(group);
+        self.members.entry(group).or_default().insert(user)
+    }
+
+    /// Removes a membership; `true` if there was one.
+    pub(crate) fn remove_member(&mut self, group: GroupId, user: UserId) -> bool {
+        if let Some(set) = self.memberships.get_mut(&user) {
+            set.remove(&group);
+            if set.is_empty() {
+                self.memberships.remove(&user);
+            }
+        }
+        let Some(set) = self.members.get_mut(&group) else {
+            return false;
+        };
+        let removed = set.remove(&user);
+        if set.is_empty() {
+            self.members.remove(&group);
+        }
+        removed
+    }
+
+    /// Records a failed login.
+    pub(crate) fn add_failure(&mut self, row: LoginFailure) {
+        let id = self.next_failure;
+        self.next_failure += 1;
+        if let Some(u) = row.user {
+            self.failures_by_user.entry(u).or_default().insert(id);
+        }
+        if let Some(s) = row.source {
+            self.failures_by_source.entry(s).or_default().insert(id);
+        }
+        self.failures.insert(id, row);
+    }
+
+    /// Removes one failure row.
+    pub(crate) fn remove_failure(&mut self, id: u64) -> bool {
+        let Some(row) = self.failures.remove(&id) else {
+            return false;
+        };
+        if let Some(u) = row.user {
+            if let Some(set) = self.failures_by_user.get_mut(&u) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.failures_by_user.remove(&u);
+                }
+            }
+        }
+        if let Some(s) = row.source {
+            if let Some(set) = self.failures_by_source.get_mut(&s) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.failures_by_source.remove(&s);
+                }
+            }
+        }
+        true
+    }
+
+    /// Removes every failure row of `user` (erasure).
+    pub(crate) fn remove_failures(&mut self, user: UserId) {
+        for id in self.failures_by_user.remove(&user).into_iter().flatten() {
+            self.remove_failure(id);
+        }
+    }
+
+    /// Forgets which failure rows were `user`'s: they no longer count for the user but
+    /// still count for their source (and for cleanup).
+    pub(crate) fn forget_user_failures(&mut self, user: UserId) {
+        for id in self.failures_by_user.remove(&user).into_iter().flatten() {
+            if let Some(row) = self.failures.get_mut(&id) {
+                row.user = None;
+            }
+        }
+    }
+
+    /// Revokes every unrevoked grant of `subject` and every unrevoked PAT whose user is
+    /// `subject`.
+    pub(crate) fn revoke_subject_at(&mut self, subject: &Subject, at: Timestamp) {
+        let grants: Vec<GrantId> = self
+            .grants_by_subject
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        self.revoke_grants_at(grants, at);
+        for p in self.pats.values_mut() {
+            if &p.user == subject && p.revoked_at.is_none() {
+                p.revoked_at = Some(at);
+            }
+        }
+    }
+
+    /// Removes everything whose subject is `subject`: grants (with their codes and tokens),
+    /// PATs, consents, authorization sessions.
+    pub(crate) fn remove_subject(&mut self, subject: &Subject) {
+        let grants: Vec<GrantId> = self
+            .grants_by_subject
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for g in grants {
+            self.remove_grant(g);
+        }
+        let pats: Vec<TokenHash> = self
+            .pats
+            .iter()
+            .filter(|(_, p)| &p.user == subject)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in pats {
+            self.remove_pat(&h);
+        }
+        self.consents.retain(|(_, s), _| s != subject);
+        self.sessions
+            .retain(|_, s| s.subject.as_ref() != Some(subject));
     }
 }

@@ -587,3 +587,238 @@ async fn deleting_a_client_cascades_but_keeps_audit() {
     );
     assert_eq!(s.stats(at(6)).await.unwrap().audit_events, 3);
 }
+
+fn user(name: &str, email: Option<&str>, secs: i64) -> authstore_core::User {
+    authstore_core::User {
+        id: authstore_core::UserId::new_at(at(secs)),
+        username: name.into(),
+        email: email.map(Into::into),
+        email_verified: false,
+        active: true,
+        metadata: serde_json::json!({}),
+        created_at: at(secs),
+        updated_at: at(secs),
+    }
+}
+
+#[tokio::test]
+async fn identity_keys_disable_erase_and_failures() {
+    use authstore_core::backend::{IdentityStore, PatStore};
+    use authstore_core::identity::subject_of;
+    use authstore_core::{Group, GroupId, PasswordHash, PatId, PersonalAccessToken};
+    use std::net::IpAddr;
+
+    let (s, g0) = store_with_tokens(100, 100).await;
+    let u = user("Alice", Some("Alice@Example.com"), 0);
+    s.insert_user(&u, ev(AuditKind::UserCreated, 0))
+        .await
+        .unwrap();
+    // Case-folded uniqueness, never an overwrite.
+    let dup = user("ALICE", None, 1);
+    assert!(matches!(
+        s.insert_user(&dup, ev(AuditKind::UserCreated, 1)).await,
+        Err(Error::Conflict { .. })
+    ));
+    let dup = user("bob", Some("alice@example.COM"), 1);
+    assert!(matches!(
+        s.insert_user(&dup, ev(AuditKind::UserCreated, 1)).await,
+        Err(Error::Conflict { .. })
+    ));
+    let bob = user("bob", None, 2);
+    s.insert_user(&bob, ev(AuditKind::UserCreated, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_user_by_username("alice").await.unwrap(),
+        Some(u.clone())
+    );
+    assert_eq!(
+        s.find_user_by_email("alice@example.com").await.unwrap(),
+        Some(u.clone())
+    );
+    let listed = s.list_users(None, 10, Some("example")).await.unwrap();
+    assert_eq!(listed, vec![u.clone()]);
+    assert_eq!(
+        s.list_users(Some(u.id), 10, None).await.unwrap(),
+        vec![bob.clone()]
+    );
+
+    // update_user never writes `active`, renames re-index.
+    let mut upd = u.clone();
+    upd.username = "alice2".into();
+    upd.active = false;
+    s.update_user(&upd, ev(AuditKind::UserUpdated, 3))
+        .await
+        .unwrap();
+    let got = s.get_user(u.id).await.unwrap().unwrap();
+    assert!(got.active);
+    assert_eq!(got.username, "alice2");
+    assert!(s.find_user_by_username("alice").await.unwrap().is_none());
+    let mut clash = bob.clone();
+    clash.username = "Alice2".into();
+    assert!(matches!(
+        s.update_user(&clash, ev(AuditKind::UserUpdated, 3)).await,
+        Err(Error::Conflict { .. })
+    ));
+
+    // Groups.
+    let grp = Group {
+        id: GroupId::new_at(T0),
+        name: "Ops".into(),
+        created_at: T0,
+    };
+    s.insert_group(&grp, ev(AuditKind::GroupCreated, 4))
+        .await
+        .unwrap();
+    assert!(
+        s.add_group_member(grp.id, u.id, ev(AuditKind::GroupMemberAdded, 4))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.add_group_member(grp.id, u.id, ev(AuditKind::GroupMemberAdded, 4))
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        s.add_group_member(
+            GroupId::new_at(T0),
+            u.id,
+            ev(AuditKind::GroupMemberAdded, 4)
+        )
+        .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(s.user_groups(u.id).await.unwrap(), vec![grp.clone()]);
+    assert_eq!(s.group_members(grp.id).await.unwrap().len(), 1);
+
+    // Disabling revokes the user's grants and PATs in the same change.
+    let c = s.get_client(g0.client_id).await.unwrap().unwrap();
+    let mut g = grant(&c);
+    g.id = GrantId::new_at(at(5));
+    g.subject = Some(subject_of(u.id));
+    let issue = TokenIssue {
+        new_grant: Some(g.clone()),
+        grant_id: g.id,
+        access: Some((h(10), {
+            let mut a = access(&g, 5, 100);
+            a.subject = g.subject.clone();
+            a
+        })),
+        refresh: None,
+    };
+    s.issue_tokens(&issue, ev(AuditKind::TokensIssued, 5))
+        .await
+        .unwrap();
+    let pat = PersonalAccessToken {
+        id: PatId::new_at(at(5)),
+        user: subject_of(u.id),
+        name: "ci".into(),
+        scope: Scopes::parse("read").unwrap(),
+        created_at: at(5),
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    s.insert_pat(&h(11), &pat, ev(AuditKind::PatIssued, 5))
+        .await
+        .unwrap();
+    let n = kinds(&s).await.len();
+    s.set_user_active(u.id, true, ev(AuditKind::UserEnabled, 6))
+        .await
+        .unwrap();
+    assert_eq!(kinds(&s).await.len(), n, "no event when unchanged");
+    s.set_user_active(u.id, false, ev(AuditKind::UserDisabled, 6))
+        .await
+        .unwrap();
+    assert!(s.find_access_token(&h(10), at(6)).await.unwrap().is_none());
+    assert!(s.find_pat(&h(11), at(6)).await.unwrap().is_none());
+    assert!(s.find_access_token(&h(1), at(6)).await.unwrap().is_some());
+
+    // Failures: per user and per source; a success forgets the user's, not the address's.
+    let ip: IpAddr = "192.0.2.1".parse().unwrap();
+    for t in 10..13 {
+        s.record_login_attempt(Some(u.id), Some(ip), false, ev(AuditKind::LoginFailed, t))
+            .await
+            .unwrap();
+    }
+    s.record_login_attempt(None, Some(ip), false, ev(AuditKind::LoginFailed, 13))
+        .await
+        .unwrap();
+    let f = s
+        .login_failures(Some(u.id), Some(ip), at(11))
+        .await
+        .unwrap();
+    assert_eq!((f.user, f.source), (2, 3));
+    s.record_login_attempt(
+        Some(u.id),
+        Some(ip),
+        true,
+        ev(AuditKind::LoginSucceeded, 14),
+    )
+    .await
+    .unwrap();
+    let f = s.login_failures(Some(u.id), Some(ip), at(0)).await.unwrap();
+    assert_eq!((f.user, f.source), (0, 4), "the address keeps its count");
+    s.record_login_attempt(Some(u.id), None, false, ev(AuditKind::LoginFailed, 15))
+        .await
+        .unwrap();
+    let hash = PasswordHash::from_phc("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into());
+    s.set_password_hash(u.id, &hash, false, ev(AuditKind::PasswordSet, 16))
+        .await
+        .unwrap();
+    assert_eq!(s.get_password_hash(u.id).await.unwrap(), Some(hash));
+    assert_eq!(
+        s.login_failures(Some(u.id), None, at(0))
+            .await
+            .unwrap()
+            .user,
+        0
+    );
+
+    // Erasure takes everything of the user's along; the audit log stays.
+    s.record_login_attempt(Some(u.id), None, false, ev(AuditKind::LoginFailed, 17))
+        .await
+        .unwrap();
+    assert!(
+        s.delete_user(u.id, ev(AuditKind::UserDeleted, 18))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.delete_user(u.id, ev(AuditKind::UserDeleted, 18))
+            .await
+            .unwrap()
+    );
+    assert!(s.get_grant(g.id).await.unwrap().is_none());
+    assert!(s.list_pats(&subject_of(u.id)).await.unwrap().is_empty());
+    assert!(s.group_members(grp.id).await.unwrap().is_empty());
+    assert!(s.get_password_hash(u.id).await.unwrap().is_none());
+    assert!(
+        s.find_user_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.get_grant(g0.id).await.unwrap().is_some());
+
+    // Cleanup counts the failure rows at or before the cutoff.
+    let r = s
+        .cleanup(
+            &CleanupOptions {
+                retention: Duration::ZERO,
+                ..Default::default()
+            },
+            at(13),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.login_failures, 4);
+    assert_eq!(
+        s.login_failures(None, Some(ip), at(0))
+            .await
+            .unwrap()
+            .source,
+        0
+    );
+}

@@ -63,6 +63,15 @@ pub(crate) fn fk_as_inactive<T>(r: Result<T>) -> Result<T> {
     }
 }
 
+/// Where a foreign-key violation can only mean that one of the records named by `what`
+/// went away during the call (deleted concurrently): [`Error::NotFound`] naming them.
+pub(crate) fn fk_as_not_found<T>(r: Result<T>, what: &str) -> Result<T> {
+    match r {
+        Err(Error::NotFound { what: w }) if w == FK_MISSING => Err(Error::not_found(what)),
+        other => other,
+    }
+}
+
 /// Whether `e` is a lock conflict (lock timeout 55P03, deadlock 40P01): retrying the same
 /// work in smaller pieces may succeed at once.
 pub(crate) fn is_lock_conflict(e: &Error) -> bool {
@@ -107,8 +116,9 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         let state = db.code();
         if *state == SqlState::UNIQUE_VIOLATION {
+            let what = constraint_what(db.constraint()).unwrap_or_else(|| table_what(db.table()));
             return Error::Conflict {
-                what: table_what(db.table()).to_owned(),
+                what: what.to_owned(),
             };
         }
         if *state == SqlState::FOREIGN_KEY_VIOLATION {
@@ -211,7 +221,23 @@ fn table_what(table: Option<&str>) -> &'static str {
         "consents" => "consent",
         "audit_events" => "audit event",
         "schema_migrations" => "migration",
+        "users" => "user",
+        "groups" => "group",
+        "group_members" => "group member",
+        "passwords" => "password",
+        "login_failures" => "login failure",
         _ => "record",
+    }
+}
+
+/// What a unique violation of one of the named unique keys collided with, where the table
+/// alone would not say (never a value).
+fn constraint_what(constraint: Option<&str>) -> Option<&'static str> {
+    match constraint? {
+        "users_username_key" => Some("username"),
+        "users_email_key" => Some("email"),
+        "groups_name_key" => Some("group name"),
+        _ => None,
     }
 }
 
@@ -359,5 +385,7 @@ mod tests {
     fn tables_name_the_record_only() {
         assert_eq!(table_what(Some("clients")), "client");
         assert_eq!(table_what(None), "record");
+        assert_eq!(constraint_what(Some("users_email_key")), Some("email"));
+        assert_eq!(constraint_what(Some("users_pkey")), None);
     }
 }

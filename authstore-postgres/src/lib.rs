@@ -29,6 +29,14 @@
 //! predicate, has an index; codes and tokens cascade from their grant, everything of a
 //! client from the client; audit events never cascade.
 //!
+//! **Identity** (schema version 2). Users, groups, memberships, password hashes (PHC
+//! `text`) and login failures (`inet` sources); the unique keys are the case-folded forms
+//! computed by core, stored as given. A user's grants, tokens, PATs, consents and
+//! authorization sessions refer to them by subject text, so disabling a user revokes, and
+//! erasing one deletes, them explicitly in the same transaction. Every per-user write locks
+//! the user's row before any grant. A successful login (or a new password) detaches the
+//! user's failure rows, which keep counting for their source until cleanup deletes them.
+//!
 //! **Atomicity without serialization failures.** Everything runs at READ COMMITTED. The
 //! compare-and-sets are single conditional `UPDATE … RETURNING` statements: consuming a code
 //! is `UPDATE … WHERE consumed_at IS NULL AND expires_at > now AND <grant unrevoked> AND
@@ -138,6 +146,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 
 mod batch;
 mod db;
+mod identity;
 mod maintenance;
 mod migrate;
 mod rows;

@@ -33,6 +33,7 @@ enum Kind {
     Grants,
     Pats,
     Sessions,
+    LoginFailures,
 }
 
 // Token passes: each statement is a `DELETE` of at most `$2` rows dead by one condition at
@@ -86,6 +87,10 @@ const SESSIONS: &[&str] = &[
         SELECT hash FROM authorization_sessions WHERE completed_at <= $1
         ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
 ];
+
+const LOGIN_FAILURES: &[&str] = &["DELETE FROM login_failures WHERE id = ANY(ARRAY(
+    SELECT id FROM login_failures WHERE at <= $1
+    ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED))"];
 
 /// Revoked grants, step 1: lock up to `$2` grants revoked at or before `$1`, oldest
 /// revocation first. Concurrent cleaners take disjoint grants.
@@ -154,7 +159,8 @@ enum Step {
     EmptyGrants,
 }
 
-/// In order: tokens first, so grants they leave behind can go in the same run.
+/// In order: tokens first, so grants they leave behind can go in the same run; login
+/// failures last.
 const PASSES: &[(Kind, Step)] = &[
     (Kind::Codes, Step::Statements(CODES)),
     (Kind::Access, Step::Statements(ACCESS)),
@@ -163,6 +169,7 @@ const PASSES: &[(Kind, Step)] = &[
     (Kind::Sessions, Step::Statements(SESSIONS)),
     (Kind::Grants, Step::RevokedGrants),
     (Kind::Grants, Step::EmptyGrants),
+    (Kind::LoginFailures, Step::Statements(LOGIN_FAILURES)),
 ];
 
 fn slot(report: &mut CleanupReport, kind: Kind) -> &mut u64 {
@@ -173,6 +180,7 @@ fn slot(report: &mut CleanupReport, kind: Kind) -> &mut u64 {
         Kind::Grants => &mut report.grants,
         Kind::Pats => &mut report.personal_access_tokens,
         Kind::Sessions => &mut report.authorization_sessions,
+        Kind::LoginFailures => &mut report.login_failures,
     }
 }
 

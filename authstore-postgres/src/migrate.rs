@@ -9,14 +9,21 @@ use crate::db::Db;
 
 pub use authstore_core::migration::Migration;
 
-static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "identity",
+        sql: include_str!("../migrations/0002_identity.sql"),
+    },
+];
 
 /// The schema version this build needs and migrates to: the newest embedded migration.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Every embedded migration, oldest first (for operators: `authstore migrate --list`).
 pub fn migrations() -> &'static [Migration] {

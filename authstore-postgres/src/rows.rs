@@ -10,9 +10,9 @@ use std::time::Duration;
 use authstore_core::{
     AccessToken, AuditEvent, AuditEventId, AuditKind, AuthContext, AuthorizationCode,
     AuthorizationSession, Client, ClientId, ClientType, Consent, Error, Grant, GrantId, GrantType,
-    PatId, PersonalAccessToken, PkceChallenge, PkceMethod, RedirectUri, RefreshToken, Result,
-    Scopes, SenderConstraint, Subject, Timestamp, TokenEndpointAuthMethod, TokenHash,
-    TokenLifetimes,
+    Group, GroupId, PatId, PersonalAccessToken, PkceChallenge, PkceMethod, RedirectUri,
+    RefreshToken, Result, Scopes, SenderConstraint, Subject, Timestamp, TokenEndpointAuthMethod,
+    TokenHash, TokenLifetimes, User, UserId,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
@@ -80,6 +80,22 @@ macro_rules! audit_cols {
     };
 }
 pub(crate) use audit_cols;
+
+/// User columns, decoded by [`user`]: 8 columns.
+macro_rules! user_cols {
+    () => {
+        "id, username, email, email_verified, active, metadata, created_at, updated_at"
+    };
+}
+pub(crate) use user_cols;
+
+/// Group columns, decoded by [`group`]: 3 columns.
+macro_rules! group_cols {
+    () => {
+        "id, name, created_at"
+    };
+}
+pub(crate) use group_cols;
 
 // ---- column readers ----
 
@@ -346,6 +362,29 @@ pub(crate) fn audit(row: &Row) -> Result<AuditEvent> {
         grant_id: get::<Option<uuid::Uuid>>(row, 6)?.map(GrantId::from_uuid),
         ip: get::<Option<IpAddr>>(row, 7)?,
         details: json(row, 8)?,
+    })
+}
+
+/// A user from [`user_cols!`] starting at column `o`.
+pub(crate) fn user(row: &Row, o: usize) -> Result<User> {
+    Ok(User {
+        id: UserId::from_uuid(get(row, o)?),
+        username: get(row, o + 1)?,
+        email: get(row, o + 2)?,
+        email_verified: get(row, o + 3)?,
+        active: get(row, o + 4)?,
+        metadata: json(row, o + 5)?,
+        created_at: ts(row, o + 6)?,
+        updated_at: ts(row, o + 7)?,
+    })
+}
+
+/// A group from [`group_cols!`] starting at column `o`.
+pub(crate) fn group(row: &Row, o: usize) -> Result<Group> {
+    Ok(Group {
+        id: GroupId::from_uuid(get(row, o)?),
+        name: get(row, o + 1)?,
+        created_at: ts(row, o + 2)?,
     })
 }
 

@@ -30,7 +30,7 @@ pub(crate) async fn exec<C: GenericClient>(c: &C, sql: &str, p: &[P<'_>]) -> Res
 }
 
 /// Runs `sql` (prepared once per connection) and returns its row, if any.
-async fn opt<C: GenericClient>(c: &C, sql: &str, p: &[P<'_>]) -> Result<Option<Row>> {
+pub(crate) async fn opt<C: GenericClient>(c: &C, sql: &str, p: &[P<'_>]) -> Result<Option<Row>> {
     let st = c.prepare_cached(sql).await.db()?;
     c.query_opt(&st, p).await.db()
 }

@@ -66,10 +66,14 @@ pub(crate) fn db_err(e: rusqlite::Error) -> Error {
 /// What collided, from SQLite's message (`UNIQUE constraint failed: clients.id`): table and
 /// column names only, never a value.
 fn conflict_what(msg: Option<&str>) -> String {
-    let table = msg
-        .and_then(|m| m.rsplit(": ").next())
-        .and_then(|cols| cols.split('.').next())
-        .unwrap_or("");
+    let cols = msg.and_then(|m| m.rsplit(": ").next()).unwrap_or("");
+    let table = cols.split('.').next().unwrap_or("");
+    match cols {
+        "users.username_key" => return "username".to_owned(),
+        "users.email_key" => return "email".to_owned(),
+        "groups.name_key" => return "group name".to_owned(),
+        _ => {}
+    }
     match table {
         "clients" => "client",
         "grants" => "grant",
@@ -80,6 +84,11 @@ fn conflict_what(msg: Option<&str>) -> String {
         "authorization_sessions" => "authorization session",
         "consents" => "consent",
         "audit_events" => "audit event",
+        "users" => "user",
+        "groups" => "group",
+        "group_members" => "group member",
+        "passwords" => "password",
+        "login_failures" => "login failure",
         "schema_migrations" => "migration",
         _ => "record",
     }
@@ -127,6 +136,14 @@ mod tests {
                 "UNIQUE constraint failed: personal_access_tokens.hash"
             )),
             "personal access token"
+        );
+        assert_eq!(
+            conflict_what(Some("UNIQUE constraint failed: users.email_key")),
+            "email"
+        );
+        assert_eq!(
+            conflict_what(Some("UNIQUE constraint failed: users.id")),
+            "user"
         );
         assert_eq!(conflict_what(None), "record");
     }

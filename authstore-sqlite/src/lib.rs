@@ -13,7 +13,7 @@
 //! compare-and-set transactions (consuming a code, rotating a refresh token) lock a
 //! connection, run, and unlock; no lock is ever held across an `.await`. **Long work**
 //! (migrations, cleanup batches, statistics, list and audit queries, set-based revocations
-//! by client, deleting a client with its cascade, large usage flushes) runs on
+//! by client, deleting a client with its cascade, erasing a user, large usage flushes) runs on
 //! `tokio::task::spawn_blocking`.
 //!
 //! An async worker must never block behind long work, so:
@@ -91,6 +91,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 mod db;
+mod identity;
 mod maintenance;
 mod migrate;
 mod rows;

@@ -35,6 +35,8 @@ const PATS: &str = "DELETE FROM personal_access_tokens WHERE rowid IN (
 const SESSIONS: &str = "DELETE FROM authorization_sessions WHERE hash IN (
     SELECT hash FROM authorization_sessions
     WHERE expires_at <= ?1 OR completed_at <= ?1 LIMIT ?2)";
+const LOGIN_FAILURES: &str = "DELETE FROM login_failures WHERE id IN (
+    SELECT id FROM login_failures WHERE at <= ?1 LIMIT ?2)";
 
 /// The refresh pass, one statement per condition: SQLite plans the three-way `OR` as a
 /// full scan of `refresh_tokens`, each of these as a search of its own index. A rotated
@@ -236,7 +238,7 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
     };
     let mut report = CleanupReport::default();
     // Tokens first, so grants they leave behind can go in the same run.
-    let passes: [(Kind, Box<Batch<'_>>); 7] = [
+    let passes: [(Kind, Box<Batch<'_>>); 8] = [
         (Kind::Codes, Box::new(simple(CODES, cutoff, batch))),
         (Kind::Access, Box::new(simple(ACCESS, cutoff, batch))),
         (Kind::Refresh, Box::new(refresh(cutoff, batch))),
@@ -244,6 +246,11 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
         (Kind::Grants, Box::new(empty_grants(cutoff, batch))),
         (Kind::Pats, Box::new(simple(PATS, cutoff, batch))),
         (Kind::Sessions, Box::new(simple(SESSIONS, cutoff, batch))),
+        // Last, after grants (as documented).
+        (
+            Kind::LoginFailures,
+            Box::new(simple(LOGIN_FAILURES, cutoff, batch)),
+        ),
     ];
     for (kind, mut batch) in passes {
         let (deleted, finished) = run.pass(inner, &mut *batch)?;
@@ -257,6 +264,7 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
             Kind::Grants => &mut report.grants,
             Kind::Pats => &mut report.personal_access_tokens,
             Kind::Sessions => &mut report.authorization_sessions,
+            Kind::LoginFailures => &mut report.login_failures,
         };
         *slot += deleted;
     }
@@ -274,6 +282,7 @@ enum Kind {
     Grants,
     Pats,
     Sessions,
+    LoginFailures,
 }
 
 fn count(v: i64) -> u64 {
@@ -456,6 +465,7 @@ mod tests {
             (ACCESS, 2),
             (PATS, 2),
             (SESSIONS, 2),
+            (LOGIN_FAILURES, 2),
             (REVOKED_GRANTS, 2),
             (OLD_GRANTS, 4),
             (DELETE_EMPTY_GRANT, 1),

@@ -14,6 +14,7 @@ use authstore_core::{
     Scopes, SenderConstraint, Subject, Timestamp, TokenEndpointAuthMethod, TokenHash,
     TokenLifetimes,
 };
+use authstore_core::{Group, GroupId, User, UserId};
 use rusqlite::Row;
 use rusqlite::types::ValueRef;
 
@@ -82,6 +83,22 @@ macro_rules! audit_cols {
     };
 }
 pub(crate) use audit_cols;
+
+/// User columns, decoded by [`user`]: 8 columns.
+macro_rules! user_cols {
+    () => {
+        "id, username, email, email_verified, active, metadata, created_at, updated_at"
+    };
+}
+pub(crate) use user_cols;
+
+/// Group columns, decoded by [`group`]: 3 columns.
+macro_rules! group_cols {
+    () => {
+        "id, name, created_at"
+    };
+}
+pub(crate) use group_cols;
 
 // ---- column readers ----
 
@@ -395,6 +412,29 @@ pub(crate) fn audit(row: &Row<'_>) -> Sql<AuditEvent> {
         grant_id: opt_uuid(row, 6)?.map(GrantId::from_uuid),
         ip,
         details: json(row, 8)?,
+    })
+}
+
+/// A user from [`user_cols!`] starting at column 0.
+pub(crate) fn user(row: &Row<'_>) -> Sql<User> {
+    Ok(User {
+        id: UserId::from_uuid(uuid(row, 0)?),
+        username: row.get(1)?,
+        email: opt_string(row, 2)?,
+        email_verified: flag(row, 3)?,
+        active: flag(row, 4)?,
+        metadata: json(row, 5)?,
+        created_at: ts(row, 6)?,
+        updated_at: ts(row, 7)?,
+    })
+}
+
+/// A group from [`group_cols!`] starting at column 0.
+pub(crate) fn group(row: &Row<'_>) -> Sql<Group> {
+    Ok(Group {
+        id: GroupId::from_uuid(uuid(row, 0)?),
+        name: row.get(1)?,
+        created_at: ts(row, 2)?,
     })
 }
 

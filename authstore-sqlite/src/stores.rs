@@ -10,6 +10,7 @@ use authstore_core::{
     Backend, Client, ClientId, Consent, Error, Grant, GrantId, PatId, PersonalAccessToken,
     RefreshToken, RefreshTokenState, Result, Scopes, Subject, Timestamp, TokenHash,
 };
+use authstore_core::{GroupId, UserId};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
@@ -33,7 +34,7 @@ macro_rules! id_bytes {
         }
     )*};
 }
-id_bytes!(ClientId, GrantId, PatId, AuditEventId);
+id_bytes!(ClientId, GrantId, PatId, AuditEventId, UserId, GroupId);
 
 impl Bytes for TokenHash {
     fn b(&self) -> &[u8] {
@@ -41,7 +42,7 @@ impl Bytes for TokenHash {
     }
 }
 
-fn us(t: Timestamp) -> i64 {
+pub(crate) fn us(t: Timestamp) -> i64 {
     t.as_unix_micros()
 }
 

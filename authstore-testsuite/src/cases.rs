@@ -11,7 +11,7 @@ use authstore_core::{
     AuditKind, AuditQuery, Authstore, Client, ClientSecret, ClientUpdate, CodeRedemption,
     CodeRequest, Config, Error, ForeignTokens, GrantType, IssuedTokens, ManualClock,
     NewAuthorizationSession, NewClient, NewPat, PkceChallenge, RedirectUri, RefreshRequest, Scopes,
-    Subject, Timestamp, TokenKey, TokenKeyring, TokenOptions, TokenTypeHint,
+    Subject, Timestamp, TokenKey, TokenKeyring, TokenOptions, TokenTypeHint, UserUpdate,
 };
 
 use crate::Harness;
@@ -30,14 +30,31 @@ fn key(id: &str, byte: u8) -> TokenKey {
     TokenKey::from_bytes(id, [byte; 32]).expect("valid key")
 }
 
-/// A store on the harness's backend with the test key and a manual clock at [`START`].
+/// A store on the harness's backend with the test key and a manual clock at [`START`]
+/// (and cheap Argon2 parameters, so debug builds stay fast).
 pub fn store(h: &Harness) -> (Authstore, ManualClock) {
     store_with(h, Config::default())
 }
 
+/// Argon2id parameters for tests: real Argon2id, tiny cost.
+pub const TEST_PASSWORD_PARAMS: authstore_core::PasswordParams = authstore_core::PasswordParams {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+};
+
 /// Like [`store`] with a configuration.
 pub fn store_with(h: &Harness, config: Config) -> (Authstore, ManualClock) {
     let clock = ManualClock::new(START);
+    let config = if config.password_params == authstore_core::PasswordParams::OWASP {
+        Config {
+            password_params: TEST_PASSWORD_PARAMS,
+            danger_allow_weak_password_params: true,
+            ..config
+        }
+    } else {
+        config
+    };
     let s = Authstore::new(h.backend.clone(), TokenKeyring::new(key("k1", 7)))
         .with_clock(Arc::new(clock.clone()))
         .with_config(config)
@@ -2440,4 +2457,553 @@ pub async fn no_secret_in_logs(h: Harness) {
         let body = &secret[secret.rfind('_').unwrap() + 1..];
         assert!(!text.contains(body), "a secret reached the logs");
     }
+}
+
+// ----- identity: users, groups, passwords, logins ------------------------------------
+
+fn pw(s: &str) -> authstore_core::Password {
+    authstore_core::Password::new(s.to_owned())
+}
+
+/// Users: case-insensitive unique username and email, lookups, updates, listing, search,
+/// bad input changing nothing.
+pub async fn users(h: Harness) {
+    let (s, clock) = store(&h);
+    let alice = s
+        .create_user(authstore_core::NewUser::new("Alice").email("Alice@Example.com"))
+        .await
+        .unwrap();
+    assert!(alice.active && !alice.email_verified);
+    assert_eq!(alice.subject().as_str(), alice.id.to_string());
+    for dup in [
+        authstore_core::NewUser::new("alice"),
+        authstore_core::NewUser::new("other").email("alice@example.COM"),
+    ] {
+        let e = s.create_user(dup).await.unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+    }
+    assert_eq!(s.user_by_username("ALICE").await.unwrap().id, alice.id);
+    assert_eq!(
+        s.user_by_email("alice@EXAMPLE.com").await.unwrap().id,
+        alice.id
+    );
+    assert!(matches!(
+        s.user_by_username("nobody").await,
+        Err(Error::NotFound { .. })
+    ));
+    for bad in ["", "has space", "tab\there", "nul\0", &"x".repeat(65)] {
+        assert!(
+            matches!(
+                s.create_user(authstore_core::NewUser::new(bad)).await,
+                Err(Error::InvalidInput { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    for bad in [
+        "not-an-email",
+        "a@b",
+        "two@@example.com",
+        "sp ace@example.com",
+    ] {
+        let e = s
+            .create_user(authstore_core::NewUser::new("u1").email(bad))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { .. }), "{bad:?}: {e:?}");
+    }
+
+    // Update: a new email is unverified; verified can be set; conflicts refused.
+    clock.advance(SECOND);
+    let v = s
+        .update_user(
+            alice.id,
+            UserUpdate {
+                email_verified: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(v.email_verified);
+    let v = s
+        .update_user(
+            alice.id,
+            UserUpdate {
+                email: Some(Some("alice@new.example".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!v.email_verified, "a new email must be verified again");
+    assert_eq!(v.updated_at, START.saturating_add(SECOND));
+    let bob = s
+        .create_user(authstore_core::NewUser::new("bob").email("bob@example.com"))
+        .await
+        .unwrap();
+    let e = s
+        .update_user(
+            bob.id,
+            UserUpdate {
+                username: Some("ALICE".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+    assert_eq!(
+        s.user(bob.id).await.unwrap().username,
+        "bob",
+        "a refused update changes nothing"
+    );
+    // The old email is free again, the new one is taken.
+    s.create_user(authstore_core::NewUser::new("carol").email("ALICE@example.com"))
+        .await
+        .unwrap();
+
+    // List, page, search.
+    for i in 0..5 {
+        s.create_user(authstore_core::NewUser::new(format!("user{i}")))
+            .await
+            .unwrap();
+    }
+    let all = s.list_users(None, 1000, None).await.unwrap();
+    assert_eq!(all.len(), 8);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    let p1 = s.list_users(None, 5, None).await.unwrap();
+    let p2 = s.list_users(Some(p1[4].id), 5, None).await.unwrap();
+    assert_eq!(p1.len() + p2.len(), 8);
+    let found = s.list_users(None, 100, Some("USER")).await.unwrap();
+    assert_eq!(found.len(), 5);
+    let by_mail = s.list_users(None, 100, Some("new.example")).await.unwrap();
+    assert_eq!(
+        by_mail.iter().map(|u| u.id).collect::<Vec<_>>(),
+        vec![alice.id]
+    );
+    let kinds = audit_kinds(&s).await;
+    assert!(kinds.contains(&AuditKind::UserCreated) && kinds.contains(&AuditKind::UserUpdated));
+}
+
+/// Disabling a user revokes what they hold at once; deleting one erases everything they
+/// own (grants and tokens, PATs, consents, memberships).
+pub async fn user_disable_and_erasure(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let u = s
+        .create_user(authstore_core::NewUser::new("dave"))
+        .await
+        .unwrap();
+    let other = s
+        .create_user(authstore_core::NewUser::new("erin"))
+        .await
+        .unwrap();
+    let sub_u = u.subject();
+    let t = code_flow(&s, &c, sub_u.as_str(), "read").await;
+    let t_other = code_flow(&s, &c, other.subject().as_str(), "read").await;
+    let pat = s
+        .issue_pat(NewPat {
+            user: sub_u.clone(),
+            name: "cli".into(),
+            scope: scopes("read"),
+            expires_in: None,
+        })
+        .await
+        .unwrap();
+    s.record_consent(c.id, &sub_u, &scopes("read"))
+        .await
+        .unwrap();
+    let g = s.create_group("admins").await.unwrap();
+    s.add_group_member(g.id, u.id).await.unwrap();
+    s.set_password(u.id, &pw("correct horse battery"), false)
+        .await
+        .unwrap();
+
+    s.disable_user(u.id).await.unwrap();
+    assert!(!s.user(u.id).await.unwrap().active);
+    assert_inactive(&s, t.access_token.secret()).await;
+    assert!(matches!(
+        s.validate_pat(pat.secret.secret()).await,
+        Err(Error::Inactive { .. })
+    ));
+    assert!(matches!(
+        s.login("dave", &pw("correct horse battery"), None).await,
+        Err(Error::InvalidCredentials)
+    ));
+    s.validate_access_token(t_other.access_token.secret())
+        .await
+        .unwrap();
+    s.enable_user(u.id).await.unwrap();
+    assert_inactive(&s, t.access_token.secret()).await;
+    s.login("dave", &pw("correct horse battery"), None)
+        .await
+        .unwrap();
+
+    let t2 = code_flow(&s, &c, sub_u.as_str(), "read").await;
+    s.delete_user(u.id).await.unwrap();
+    assert!(matches!(s.user(u.id).await, Err(Error::NotFound { .. })));
+    assert!(
+        matches!(s.grant(t.grant_id).await, Err(Error::NotFound { .. })),
+        "grants are erased, not just revoked"
+    );
+    assert!(matches!(
+        s.grant(t2.grant_id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(s.list_pats(&sub_u).await.unwrap().is_empty());
+    assert!(s.consent(c.id, &sub_u).await.unwrap().is_none());
+    assert!(s.group_members(g.id).await.unwrap().is_empty());
+    assert!(matches!(
+        s.login("dave", &pw("correct horse battery"), None).await,
+        Err(Error::InvalidCredentials)
+    ));
+    assert!(matches!(
+        s.delete_user(u.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    s.validate_access_token(t_other.access_token.secret())
+        .await
+        .unwrap();
+    let q = AuditQuery {
+        subject: Some(sub_u.clone()),
+        kind: Some(AuditKind::UserDeleted),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.audit_events(&q).await.unwrap().len(),
+        1,
+        "the audit log keeps the erased user's id"
+    );
+    let kinds = audit_kinds(&s).await;
+    assert!(kinds.contains(&AuditKind::UserDisabled) && kinds.contains(&AuditKind::UserEnabled));
+}
+
+/// Groups: unique names, rename, membership both ways, delete.
+pub async fn groups(h: Harness) {
+    let (s, _) = store(&h);
+    let a = s
+        .create_user(authstore_core::NewUser::new("ann"))
+        .await
+        .unwrap();
+    let b = s
+        .create_user(authstore_core::NewUser::new("ben"))
+        .await
+        .unwrap();
+    let ops = s.create_group("Ops").await.unwrap();
+    let dev = s.create_group("dev").await.unwrap();
+    assert!(matches!(
+        s.create_group("OPS").await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        s.create_group("").await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(s.add_group_member(ops.id, a.id).await.unwrap());
+    assert!(
+        !s.add_group_member(ops.id, a.id).await.unwrap(),
+        "already a member"
+    );
+    assert!(s.add_group_member(ops.id, b.id).await.unwrap());
+    assert!(s.add_group_member(dev.id, a.id).await.unwrap());
+    let missing = authstore_core::UserId::new_at(START);
+    assert!(matches!(
+        s.add_group_member(ops.id, missing).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(
+        s.user_groups(a.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["dev", "Ops"]
+    );
+    assert_eq!(
+        s.group_members(ops.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|u| u.id)
+            .collect::<Vec<_>>(),
+        vec![a.id, b.id]
+    );
+    assert!(s.remove_group_member(ops.id, b.id).await.unwrap());
+    assert!(!s.remove_group_member(ops.id, b.id).await.unwrap());
+    let renamed = s.rename_group(dev.id, "Developers").await.unwrap();
+    assert_eq!(renamed.name, "Developers");
+    assert!(matches!(
+        s.rename_group(dev.id, "ops").await,
+        Err(Error::Conflict { .. })
+    ));
+    s.delete_group(ops.id).await.unwrap();
+    assert!(matches!(s.group(ops.id).await, Err(Error::NotFound { .. })));
+    assert_eq!(s.user_groups(a.id).await.unwrap().len(), 1);
+    let kinds = audit_kinds(&s).await;
+    for k in [
+        AuditKind::GroupCreated,
+        AuditKind::GroupRenamed,
+        AuditKind::GroupDeleted,
+        AuditKind::GroupMemberAdded,
+        AuditKind::GroupMemberRemoved,
+    ] {
+        assert!(kinds.contains(&k), "missing {k}");
+    }
+}
+
+/// Passwords and logins: by username or email, one answer for every failure, rehash on new
+/// parameters, a password change that logs out everywhere, every attempt audited without
+/// the password.
+pub async fn passwords_and_logins(h: Harness) {
+    let (s, _) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let u = s
+        .create_user(authstore_core::NewUser::new("Fay").email("fay@example.com"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.login("fay", &pw("no password yet"), None).await,
+        Err(Error::InvalidCredentials)
+    ));
+    assert!(matches!(
+        s.set_password(u.id, &pw("short"), false).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    s.set_password(u.id, &pw("tr0ub4dor&3 long"), false)
+        .await
+        .unwrap();
+    let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert_eq!(
+        s.login("FAY", &pw("tr0ub4dor&3 long"), Some(ip))
+            .await
+            .unwrap()
+            .id,
+        u.id
+    );
+    assert_eq!(
+        s.login("Fay@Example.com", &pw("tr0ub4dor&3 long"), None)
+            .await
+            .unwrap()
+            .id,
+        u.id
+    );
+    for (who, pass) in [
+        ("fay", "wrong password!"),
+        ("nobody", "tr0ub4dor&3 long"),
+        ("", "x"),
+        ("a\0b", "tr0ub4dor&3 long"),
+    ] {
+        assert!(
+            matches!(
+                s.login(who, &pw(pass), None).await,
+                Err(Error::InvalidCredentials)
+            ),
+            "{who:?}"
+        );
+    }
+    let stored = h.backend.get_password_hash(u.id).await.unwrap().unwrap();
+    assert!(
+        stored.as_phc().starts_with("$argon2id$"),
+        "only an Argon2id PHC string is stored"
+    );
+
+    // New parameters: the next successful login re-hashes.
+    let stronger = Config {
+        password_params: authstore_core::PasswordParams {
+            memory_kib: 128,
+            ..TEST_PASSWORD_PARAMS
+        },
+        danger_allow_weak_password_params: true,
+        ..Config::default()
+    };
+    let (s2, _) = store_with(&h, stronger);
+    s2.login("fay", &pw("tr0ub4dor&3 long"), None)
+        .await
+        .unwrap();
+    let rehashed = h.backend.get_password_hash(u.id).await.unwrap().unwrap();
+    assert!(rehashed.as_phc().contains("m=128,"), "{rehashed:?}");
+    s.login("fay", &pw("tr0ub4dor&3 long"), None).await.unwrap();
+
+    // A password change can log out everywhere.
+    let t = code_flow(&s, &c, u.subject().as_str(), "read").await;
+    s.set_password(u.id, &pw("a new long password"), false)
+        .await
+        .unwrap();
+    s.validate_access_token(t.access_token.secret())
+        .await
+        .unwrap();
+    s.set_password(u.id, &pw("another long password"), true)
+        .await
+        .unwrap();
+    assert_inactive(&s, t.access_token.secret()).await;
+    assert!(matches!(
+        s.login("fay", &pw("a new long password"), None).await,
+        Err(Error::InvalidCredentials)
+    ));
+    s.login("fay", &pw("another long password"), None)
+        .await
+        .unwrap();
+
+    let events = s
+        .audit_events(&AuditQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let text = format!("{events:?} {}", serde_json::to_string(&events).unwrap());
+    for secret in [
+        "tr0ub4dor",
+        "a new long password",
+        "another long password",
+        "wrong password!",
+    ] {
+        assert!(!text.contains(secret), "a password reached the audit log");
+    }
+    let ok = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::LoginSucceeded)
+        .count();
+    let failed = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::LoginFailed)
+        .count();
+    assert!(ok >= 5 && failed >= 6, "ok {ok}, failed {failed}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == AuditKind::LoginSucceeded && e.ip == Some(ip))
+    );
+    assert!(events.iter().any(|e| e.kind == AuditKind::PasswordSet));
+}
+
+/// Failed logins lock a user, and a source address, for the window; a success clears the
+/// user's count; cleanup forgets old failures.
+pub async fn login_lockout(h: Harness) {
+    let (s, clock) = store(&h);
+    let u = s
+        .create_user(authstore_core::NewUser::new("gus"))
+        .await
+        .unwrap();
+    s.set_password(u.id, &pw("the right password"), false)
+        .await
+        .unwrap();
+    let ip1: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    for _ in 0..4 {
+        assert!(matches!(
+            s.login("gus", &pw("wrong one here"), Some(ip1)).await,
+            Err(Error::InvalidCredentials)
+        ));
+    }
+    // A success before the limit clears the count.
+    s.login("gus", &pw("the right password"), Some(ip1))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert!(matches!(
+            s.login("gus", &pw("wrong one here"), None).await,
+            Err(Error::InvalidCredentials)
+        ));
+    }
+    let e = s
+        .login("gus", &pw("the right password"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::TooManyAttempts { .. }), "{e:?}");
+    assert!(audit_kinds(&s).await.contains(&AuditKind::LoginLocked));
+    // After the window, the right password works again.
+    clock.advance(Duration::from_secs(16 * 60));
+    s.login("gus", &pw("the right password"), None)
+        .await
+        .unwrap();
+
+    // Per source: many users failing from one address lock that address only.
+    let cfg = Config {
+        login: authstore_core::LoginPolicy {
+            max_user_failures: 100,
+            max_source_failures: 3,
+            window: Duration::from_secs(60),
+        },
+        ..Config::default()
+    };
+    let (s2, _) = store_with(&h, cfg);
+    let bad: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    let good: std::net::IpAddr = "127.0.0.10".parse().unwrap();
+    for name in ["x1", "x2", "x3"] {
+        assert!(matches!(
+            s2.login(name, &pw("whatever pass"), Some(bad)).await,
+            Err(Error::InvalidCredentials)
+        ));
+    }
+    assert!(matches!(
+        s2.login("gus", &pw("the right password"), Some(bad)).await,
+        Err(Error::TooManyAttempts { .. })
+    ));
+    s2.login("gus", &pw("the right password"), Some(good))
+        .await
+        .unwrap();
+    let counts = h
+        .backend
+        .login_failures(None, Some(bad), START)
+        .await
+        .unwrap();
+    assert!(counts.source >= 4, "{counts:?}");
+
+    // Cleanup forgets failures past retention.
+    clock.advance(Duration::from_secs(3 * 86_400));
+    let r = s.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert!(r.login_failures >= 9, "{r:?}");
+    assert_eq!(
+        h.backend
+            .login_failures(Some(u.id), Some(bad), START)
+            .await
+            .unwrap(),
+        Default::default()
+    );
+}
+
+/// No password (nor its Argon2 output in clear text form other than the PHC string) in
+/// the backend's files.
+pub async fn no_password_in_files(h: Harness) {
+    assert!(
+        !h.files.is_empty(),
+        "this case is for backends that keep files"
+    );
+    let (s, _) = store(&h);
+    let mut passwords = Vec::new();
+    for i in 0..50 {
+        let u = s
+            .create_user(authstore_core::NewUser::new(format!("p{i}")))
+            .await
+            .unwrap();
+        let p = format!("Secret-Passphrase-{i:04}-xyzzy");
+        s.set_password(u.id, &pw(&p), false).await.unwrap();
+        s.login(&format!("p{i}"), &pw(&p), None).await.unwrap();
+        let _ = s
+            .login(&format!("p{i}"), &pw(&format!("{p}-wrong")), None)
+            .await;
+        passwords.push(p);
+    }
+    let mut bytes = Vec::new();
+    for f in &h.files {
+        if let Ok(b) = std::fs::read(f) {
+            bytes.extend_from_slice(&b);
+        }
+    }
+    assert!(
+        bytes.windows(3).any(|w| w == b"p49"),
+        "sanity: stored text is visible to the scan"
+    );
+    for p in &passwords {
+        assert!(
+            !bytes.windows(p.len()).any(|w| w == p.as_bytes()),
+            "a password is in the files"
+        );
+    }
+    assert!(
+        !bytes.windows(17).any(|w| w == b"Secret-Passphrase"),
+        "no password fragment in the files"
+    );
 }

@@ -112,6 +112,11 @@ macro_rules! conformance_tests {
             token_key_rotation,
             foreign_tokens,
             no_secret_in_logs,
+            users,
+            user_disable_and_erasure,
+            groups,
+            passwords_and_logins,
+            login_lockout,
         );
     };
 }
@@ -121,7 +126,7 @@ macro_rules! conformance_tests {
 #[macro_export]
 macro_rules! file_tests {
     ($factory:path) => {
-        $crate::__cases!($factory; no_secret_bytes_in_files);
+        $crate::__cases!($factory; no_secret_bytes_in_files, no_password_in_files);
     };
 }
 
