@@ -92,6 +92,41 @@ str_enum!(
         LoginFailed => "login.failed",
         /// A login was refused because of too many recent failures.
         LoginLocked => "login.locked",
+        /// A login session began.
+        LoginSessionCreated => "login_session.created",
+        /// A login session was revoked (logout).
+        LoginSessionRevoked => "login_session.revoked",
+        /// All of a user's login sessions were revoked.
+        LoginSessionsRevoked => "login_session.revoked_all",
+        /// A one-time token was issued (older ones of its purpose superseded).
+        OneTimeTokenIssued => "one_time_token.issued",
+        /// A one-time token was used.
+        OneTimeTokenUsed => "one_time_token.used",
+        /// TOTP was enrolled.
+        TotpEnrolled => "totp.enrolled",
+        /// A TOTP code was accepted.
+        TotpUsed => "totp.used",
+        /// TOTP was removed.
+        TotpRemoved => "totp.removed",
+        /// New recovery codes replaced the old ones.
+        RecoveryCodesGenerated => "recovery_codes.generated",
+        /// A recovery code was used.
+        RecoveryCodeUsed => "recovery_code.used",
+        /// A passkey was registered.
+        PasskeyRegistered => "passkey.registered",
+        /// A passkey was renamed.
+        PasskeyRenamed => "passkey.renamed",
+        /// A passkey was used to log in.
+        PasskeyUsed => "passkey.used",
+        /// A passkey was removed.
+        PasskeyRemoved => "passkey.removed",
+        /// A third-party account was linked.
+        AccountLinked => "linked_account.linked",
+        /// A linked account's provider tokens were replaced.
+        LinkedTokensUpdated => "linked_account.tokens_updated",
+        /// A third-party account was unlinked.
+        AccountUnlinked => "linked_account.unlinked",
+
     }
 );
 

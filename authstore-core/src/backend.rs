@@ -41,12 +41,16 @@ use std::net::IpAddr;
 
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::error::Result;
-use crate::identity::{FailureCounts, Group, GroupId, User, UserId};
+use crate::identity::{
+    Ceremony, FailureCounts, Group, GroupId, LinkedAccount, LinkedAccountId, LoginSession,
+    LoginSessionId, OneTimePurpose, OneTimeToken, Passkey, SealedRef, TotpRecord, User, UserId,
+};
 use crate::model::{
     AccessToken, AuthorizationCode, AuthorizationSession, Client, ClientId, Consent, Grant,
     GrantId, PatId, PersonalAccessToken, RefreshToken, RefreshTokenState, Scopes, Subject,
 };
 use crate::password::PasswordHash;
+use crate::seal::Sealed;
 use crate::time::Timestamp;
 use crate::token::TokenHash;
 
@@ -401,14 +405,16 @@ pub trait IdentityStore: Debug + Send + Sync + 'static {
     async fn update_user(&self, user: &User, audit: AuditEvent) -> Result<()>;
 
     /// Sets `active` (and `updated_at = audit.at`). Disabling also revokes, in the same
-    /// transaction, every unrevoked grant of the user's subject and every unrevoked PAT of
-    /// theirs: a disabled user's tokens stop working at once. No event if unchanged.
+    /// transaction, every unrevoked grant of the user's subject, every unrevoked PAT and
+    /// every unrevoked login session of theirs: a disabled user's tokens stop working at
+    /// once. No event if unchanged.
     /// NotFound if the user does not exist.
     async fn set_user_active(&self, id: UserId, active: bool, audit: AuditEvent) -> Result<()>;
 
-    /// Erases a user: the user, their group memberships, password and login failures, and
-    /// everything whose subject is theirs — grants (with their codes and tokens), PATs,
-    /// consents, authorization sessions. Audit events stay. `false` if there was no user
+    /// Erases a user: the user, their group memberships, password, login failures, login
+    /// sessions, one-time tokens, TOTP, recovery codes, passkeys, ceremonies and linked
+    /// accounts, and everything whose subject is theirs — grants (with their codes and
+    /// tokens), PATs, consents, authorization sessions. Audit events stay. `false` if there was no user
     /// (no event then).
     async fn delete_user(&self, id: UserId, audit: AuditEvent) -> Result<bool>;
 
@@ -459,7 +465,7 @@ pub trait IdentityStore: Debug + Send + Sync + 'static {
     /// Stores the user's password hash (replacing any), detaches their login failures (as a
     /// successful login does) and,
     /// with `revoke_grants`, revokes in the same transaction every unrevoked grant of their
-    /// subject and every unrevoked PAT of theirs. NotFound if the user does not exist.
+    /// subject, every unrevoked PAT and every unrevoked login session of theirs. NotFound if the user does not exist.
     async fn set_password_hash(
         &self,
         user: UserId,
@@ -490,6 +496,212 @@ pub trait IdentityStore: Debug + Send + Sync + 'static {
         source: Option<IpAddr>,
         since: Timestamp,
     ) -> Result<FailureCounts>;
+}
+
+/// Login sessions, one-time tokens, TOTP, recovery codes, passkeys, WebAuthn ceremonies and
+/// linked accounts. Every mutating method writes its event in the same transaction, only
+/// when something changed (ceremonies, being transient, and usage bookkeeping write none).
+#[async_trait]
+pub trait AccountStore: Debug + Send + Sync + 'static {
+    // ----- login sessions -----
+
+    /// Stores a login session under `hash`. NotFound if the user does not exist.
+    async fn insert_login_session(
+        &self,
+        hash: &TokenHash,
+        session: &LoginSession,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// One read: the session under `hash` if unrevoked, `now < expires_at`,
+    /// `now < idle_expires_at` and its user active; else `None`. Never writes.
+    async fn find_login_session(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+    ) -> Result<Option<LoginSession>>;
+
+    /// Records use in one batch: for each `(id, last_seen_at, idle_expires_at)` the later
+    /// values win (never moved backwards, never past `expires_at`). Unknown ids are ignored.
+    async fn touch_login_sessions(
+        &self,
+        touches: &[(LoginSessionId, Timestamp, Timestamp)],
+    ) -> Result<()>;
+
+    /// A user's sessions, any state, ordered by id.
+    async fn list_login_sessions(&self, user: UserId) -> Result<Vec<LoginSession>>;
+
+    /// Revokes one session; with `user`, only if it is theirs. `false` if none (or already
+    /// revoked: then no event).
+    async fn revoke_login_session(
+        &self,
+        id: LoginSessionId,
+        user: Option<UserId>,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// Revokes every unrevoked session of a user (log out everywhere); how many.
+    async fn revoke_user_login_sessions(&self, user: UserId, audit: AuditEvent) -> Result<u64>;
+
+    // ----- one-time tokens -----
+
+    /// Stores a one-time token under `hash` and, in the same transaction, marks every
+    /// unconsumed token of the same user and purpose consumed (superseded). NotFound if the
+    /// user does not exist.
+    async fn insert_one_time_token(
+        &self,
+        hash: &TokenHash,
+        token: &OneTimeToken,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// **Compare-and-set**: consumes the token under `hash` if it is of `purpose`,
+    /// unconsumed, `audit.at < expires_at` and its user exists. Exactly one of concurrent
+    /// callers gets it (with `consumed_at` set); the others `None`. Event only on success.
+    async fn consume_one_time_token(
+        &self,
+        hash: &TokenHash,
+        purpose: OneTimePurpose,
+        audit: AuditEvent,
+    ) -> Result<Option<OneTimeToken>>;
+
+    // ----- TOTP and recovery codes -----
+
+    /// Enrols (or re-enrols) a user's TOTP: stores the sealed secret, forgets the last
+    /// step. NotFound if the user does not exist.
+    async fn set_totp(&self, user: UserId, totp: &TotpRecord, audit: AuditEvent) -> Result<()>;
+
+    /// The user's TOTP enrolment, or `None`.
+    async fn get_totp(&self, user: UserId) -> Result<Option<TotpRecord>>;
+
+    /// **Compare-and-set**: records `step` as used if it is later than the last step used
+    /// (or none was). `false` (no event) for a replayed or older step or no enrolment.
+    async fn use_totp_step(&self, user: UserId, step: i64, audit: AuditEvent) -> Result<bool>;
+
+    /// Removes the TOTP enrolment; `false` if none.
+    async fn delete_totp(&self, user: UserId, audit: AuditEvent) -> Result<bool>;
+
+    /// Replaces the user's recovery codes with these hashes (all unused). NotFound if the
+    /// user does not exist.
+    async fn replace_recovery_codes(
+        &self,
+        user: UserId,
+        hashes: &[TokenHash],
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// **Compare-and-set**: uses the user's unused recovery code with this hash; exactly one
+    /// of concurrent callers gets `true`. No event on `false`.
+    async fn use_recovery_code(
+        &self,
+        user: UserId,
+        hash: &TokenHash,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// How many unused recovery codes the user has.
+    async fn unused_recovery_codes(&self, user: UserId) -> Result<u32>;
+
+    // ----- passkeys and ceremonies -----
+
+    /// Stores a passkey. Conflict if its credential id exists (for any user); NotFound if
+    /// the user does not exist.
+    async fn insert_passkey(&self, passkey: &Passkey, audit: AuditEvent) -> Result<()>;
+
+    /// The passkey with this credential id, or `None`.
+    async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>>;
+
+    /// A user's passkeys, ordered by creation time then credential id.
+    async fn list_passkeys(&self, user: UserId) -> Result<Vec<Passkey>>;
+
+    /// Renames a user's passkey; `false` if they have none with this id.
+    async fn rename_passkey(
+        &self,
+        user: UserId,
+        credential_id: &[u8],
+        name: &str,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// After an authentication: sets counter, backup state and `last_used_at = audit.at`
+    /// (and replaces `credential` when given: webauthn-rs updates it). `false` if no such
+    /// passkey.
+    async fn update_passkey_use(
+        &self,
+        credential_id: &[u8],
+        counter: u32,
+        backup_state: bool,
+        credential: Option<&serde_json::Value>,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// Deletes a user's passkey; `false` if they have none with this id.
+    async fn delete_passkey(
+        &self,
+        user: UserId,
+        credential_id: &[u8],
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// Stores ceremony state under `hash` (no event).
+    async fn insert_ceremony(&self, hash: &TokenHash, ceremony: &Ceremony) -> Result<()>;
+
+    /// **Single use**: removes and returns the ceremony under `hash` if `now < expires_at`;
+    /// exactly one of concurrent callers gets it. An expired one is removed too.
+    async fn take_ceremony(&self, hash: &TokenHash, now: Timestamp) -> Result<Option<Ceremony>>;
+
+    // ----- linked accounts -----
+
+    /// Links an account. Conflict if (provider, provider subject) is linked already;
+    /// NotFound if the user does not exist.
+    async fn insert_linked_account(&self, account: &LinkedAccount, audit: AuditEvent)
+    -> Result<()>;
+
+    /// The account linked as (provider, provider subject), or `None`.
+    async fn find_linked_account(
+        &self,
+        provider: &str,
+        provider_subject: &str,
+    ) -> Result<Option<LinkedAccount>>;
+
+    /// A user's linked accounts, ordered by id.
+    async fn list_linked_accounts(&self, user: UserId) -> Result<Vec<LinkedAccount>>;
+
+    /// Replaces the provider tokens and their expiry, and `updated_at = audit.at`. `false`
+    /// if no such account.
+    async fn update_linked_tokens(
+        &self,
+        id: LinkedAccountId,
+        access_token: Option<&Sealed>,
+        refresh_token: Option<&Sealed>,
+        token_expires_at: Option<Timestamp>,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    /// Unlinks; with `user`, only if it is theirs. `false` if none.
+    async fn delete_linked_account(
+        &self,
+        id: LinkedAccountId,
+        user: Option<UserId>,
+        audit: AuditEvent,
+    ) -> Result<bool>;
+
+    // ----- reseal -----
+
+    /// Up to `limit` stored sealed values of one column (`table`, `column` from
+    /// [`SEALED_COLUMNS`](crate::identity::SEALED_COLUMNS)), ordered by row id bytes, after
+    /// `after` (row id bytes). Nulls are skipped.
+    async fn sealed_values(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(SealedRef, Sealed)>>;
+
+    /// **Compare-and-set**: replaces the sealed value at `at` with `new` if it still is
+    /// `old` (byte for byte). No event (the caller writes one for the whole pass).
+    async fn replace_sealed(&self, at: &SealedRef, old: &Sealed, new: &Sealed) -> Result<bool>;
 }
 
 /// How [`Maintenance::cleanup`] works.
@@ -537,6 +749,13 @@ pub struct CleanupReport {
     pub authorization_sessions: u64,
     /// Login failures recorded at or before the cutoff.
     pub login_failures: u64,
+    /// Login sessions with `expires_at`, `idle_expires_at` or `revoked_at` at or before the
+    /// cutoff.
+    pub login_sessions: u64,
+    /// One-time tokens with `expires_at` or `consumed_at` at or before the cutoff.
+    pub one_time_tokens: u64,
+    /// Ceremonies with `expires_at` at or before the cutoff.
+    pub ceremonies: u64,
     /// Whether a kind hit `max_batches` or the time budget ran out, so more may remain.
     pub incomplete: bool,
 }
@@ -551,6 +770,9 @@ impl CleanupReport {
             + self.personal_access_tokens
             + self.authorization_sessions
             + self.login_failures
+            + self.login_sessions
+            + self.one_time_tokens
+            + self.ceremonies
     }
 }
 
@@ -612,7 +834,10 @@ pub trait Maintenance: Debug + Send + Sync + 'static {
     ///   created at or before `cutoff` that have no code, access or refresh token left;
     /// - PATs with `expires_at <= cutoff` or `revoked_at <= cutoff`;
     /// - authorization sessions with `expires_at <= cutoff` or `completed_at <= cutoff`;
-    /// - login failures recorded at or before `cutoff` (last, after grants).
+    /// - login failures recorded at or before `cutoff` (after grants);
+    /// - login sessions with `expires_at`, `idle_expires_at` or `revoked_at` `<= cutoff`;
+    /// - one-time tokens with `expires_at` or `consumed_at` `<= cutoff`;
+    /// - ceremonies with `expires_at <= cutoff`.
     ///
     /// where `cutoff = now - retention`, in this order: codes, access tokens, refresh
     /// tokens, PATs, authorization sessions, then grants. Each count is of rows deleted by
@@ -635,6 +860,7 @@ pub trait Backend:
     + ConsentStore
     + AuditStore
     + IdentityStore
+    + AccountStore
     + Maintenance
 {
     /// The backend's name (`memory`, `sqlite`, …), for logs and errors.

@@ -205,3 +205,233 @@ pub struct FailureCounts {
     /// Failures from the source address since the window began.
     pub source: u32,
 }
+
+id_type!(
+    /// A login session's identifier (UUIDv7), for listing and revoking.
+    LoginSessionId, "login session id"
+);
+id_type!(
+    /// A linked account's identifier (UUIDv7).
+    LinkedAccountId, "linked account id"
+);
+
+/// A logged-in browser or device: stored under the keyed hash of its handle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginSession {
+    /// Its id.
+    pub id: LoginSessionId,
+    /// The user.
+    pub user: UserId,
+    /// When it began.
+    pub created_at: Timestamp,
+    /// When it was last seen (recorded in batches; may lag).
+    pub last_seen_at: Timestamp,
+    /// Unused past this, it is dead (moves forward as it is used).
+    pub idle_expires_at: Timestamp,
+    /// Absolute end.
+    pub expires_at: Timestamp,
+    /// Where it logged in from.
+    pub ip: Option<std::net::IpAddr>,
+    /// The user agent it logged in with (at most 512 bytes).
+    pub user_agent: Option<String>,
+    /// When it was revoked (logout).
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// What a one-time token is for. Issuing one invalidates the older unconsumed ones of the
+/// same user and purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OneTimePurpose {
+    /// Reset a forgotten password.
+    PasswordReset,
+    /// Prove an email address.
+    EmailVerification,
+    /// Log in by a link.
+    MagicLink,
+}
+
+impl OneTimePurpose {
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OneTimePurpose::PasswordReset => "password_reset",
+            OneTimePurpose::EmailVerification => "email_verification",
+            OneTimePurpose::MagicLink => "magic_link",
+        }
+    }
+}
+
+impl FromStr for OneTimePurpose {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "password_reset" => Ok(OneTimePurpose::PasswordReset),
+            "email_verification" => Ok(OneTimePurpose::EmailVerification),
+            "magic_link" => Ok(OneTimePurpose::MagicLink),
+            other => Err(Error::invalid(
+                "purpose",
+                format!("unknown purpose {other:?}"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for OneTimePurpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A one-time token as stored (under its hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OneTimeToken {
+    /// The user.
+    pub user: UserId,
+    /// What it is for.
+    pub purpose: OneTimePurpose,
+    /// For email verification: the address it proves (at most 254 bytes).
+    pub email: Option<String>,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// When it was used (or superseded by a newer one).
+    pub consumed_at: Option<Timestamp>,
+}
+
+/// A user's TOTP enrolment: the shared secret, sealed, and the last time step accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TotpRecord {
+    /// The secret, sealed for (`totp`, `secret`, user id bytes).
+    pub secret: crate::seal::Sealed,
+    /// The last 30-second step accepted: a code for it or an earlier one is a replay.
+    pub last_step: Option<i64>,
+    /// When enrolled.
+    pub created_at: Timestamp,
+}
+
+/// A registered passkey. `credential` is the serialized webauthn-rs `Passkey` (JSON, as
+/// `serde_json::to_value(&passkey)` gives it), stored as it is; the counter and backup
+/// state are kept apart so they can be updated after each use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Passkey {
+    /// The credential id (unique across all users; 1 to 1023 bytes).
+    pub credential_id: Vec<u8>,
+    /// The user.
+    pub user: UserId,
+    /// A name the user gave it (1 to 100 characters).
+    pub name: String,
+    /// The webauthn-rs credential, serialized.
+    pub credential: serde_json::Value,
+    /// The signature counter last seen.
+    pub counter: u32,
+    /// Whether the credential is backed up (synced passkey).
+    pub backup_state: bool,
+    /// When registered.
+    pub created_at: Timestamp,
+    /// When last used.
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// What a WebAuthn ceremony is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CeremonyKind {
+    /// Registering a new passkey.
+    Registration,
+    /// Logging in with a passkey.
+    Authentication,
+}
+
+impl CeremonyKind {
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CeremonyKind::Registration => "registration",
+            CeremonyKind::Authentication => "authentication",
+        }
+    }
+}
+
+impl FromStr for CeremonyKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "registration" => Ok(CeremonyKind::Registration),
+            "authentication" => Ok(CeremonyKind::Authentication),
+            other => Err(Error::invalid(
+                "ceremony",
+                format!("unknown kind {other:?}"),
+            )),
+        }
+    }
+}
+
+/// WebAuthn ceremony state between the challenge and the answer (the serialized
+/// webauthn-rs `PasskeyRegistration` / `PasskeyAuthentication`): single use, short-lived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ceremony {
+    /// Registration or authentication.
+    pub kind: CeremonyKind,
+    /// The user, when known (registration; identified authentication).
+    pub user: Option<UserId>,
+    /// The serialized state.
+    pub state: serde_json::Value,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// An account at a third-party provider linked to a user: (provider, provider subject) is
+/// unique. The provider's tokens are sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkedAccount {
+    /// Its id.
+    pub id: LinkedAccountId,
+    /// The provider (e.g. `github`; 1 to 64 characters).
+    pub provider: String,
+    /// The user's subject at the provider (1 to 255 bytes).
+    pub provider_subject: String,
+    /// The local user.
+    pub user: UserId,
+    /// The provider's access token, sealed for (`linked_accounts`, `access_token`, id).
+    pub access_token: Option<crate::seal::Sealed>,
+    /// The provider's refresh token, sealed for (`linked_accounts`, `refresh_token`, id).
+    pub refresh_token: Option<crate::seal::Sealed>,
+    /// When the provider's access token expires, if known.
+    pub token_expires_at: Option<Timestamp>,
+    /// When linked.
+    pub created_at: Timestamp,
+    /// When the tokens were last replaced.
+    pub updated_at: Timestamp,
+}
+
+/// Where a sealed value lives, for `reseal`: table, column and the row's id bytes (the same
+/// triple it is sealed for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRef {
+    /// The table: `totp` or `linked_accounts`.
+    pub table: &'static str,
+    /// The column: `secret`, `access_token` or `refresh_token`.
+    pub column: &'static str,
+    /// The row's id bytes (user id for `totp`, linked account id otherwise).
+    pub row: Vec<u8>,
+}
+
+impl SealedRef {
+    /// The context the value is sealed for.
+    pub fn context(&self) -> crate::seal::SealContext<'_> {
+        crate::seal::SealContext {
+            table: self.table,
+            column: self.column,
+            row: &self.row,
+        }
+    }
+}
+
+/// Every sealed column, in the order `reseal` walks them.
+pub const SEALED_COLUMNS: [(&str, &str); 3] = [
+    ("totp", "secret"),
+    ("linked_accounts", "access_token"),
+    ("linked_accounts", "refresh_token"),
+];

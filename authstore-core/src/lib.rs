@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod accounts;
+mod accounts2;
 pub mod audit;
 pub mod backend;
 mod error;
@@ -13,11 +14,17 @@ pub mod secret;
 mod store;
 mod time;
 pub mod token;
+pub mod totp;
 
+pub use accounts2::{NewPasskey, RECOVERY_CODES, ResealReport};
 pub use audit::{AuditContext, AuditEvent, AuditKind, AuditQuery};
 pub use backend::Backend;
 pub use error::{Error, Result};
-pub use identity::{FailureCounts, Group, GroupId, NewUser, User, UserId, UserUpdate};
+pub use identity::{
+    Ceremony, CeremonyKind, FailureCounts, Group, GroupId, LinkedAccount, LinkedAccountId,
+    LoginSession, LoginSessionId, NewUser, OneTimePurpose, OneTimeToken, Passkey, TotpRecord, User,
+    UserId, UserUpdate,
+};
 pub use model::*;
 pub use password::{PasswordHash, PasswordHasher, PasswordParams, Verification};
 pub use seal::{SealContext, Sealed, SealingKey, SealingKeyring};

@@ -76,3 +76,27 @@ secret_type! {
     /// The handle of an authorization session (an authorization request in flight).
     pub struct AuthorizationSessionSecret;
 }
+secret_type! {
+    /// A login session handle (the cookie value).
+    pub struct LoginSessionSecret;
+}
+secret_type! {
+    /// A one-time token (password reset, email verification, magic link), sent by email.
+    pub struct OneTimeTokenSecret;
+}
+secret_type! {
+    /// A recovery code, shown to its user once.
+    pub struct RecoveryCode;
+}
+secret_type! {
+    /// A TOTP shared secret in base32, shown to its user once (as a QR code).
+    pub struct TotpSecret;
+}
+secret_type! {
+    /// A third-party provider's token (linked accounts), sealed at rest.
+    pub struct ProviderToken;
+}
+secret_type! {
+    /// The handle of a WebAuthn ceremony in progress.
+    pub struct CeremonySecret;
+}

@@ -49,6 +49,18 @@ pub struct DefaultLifetimes {
     pub authorization_code: Duration,
     /// Authorization sessions (a login in progress): 10 minutes.
     pub authorization_session: Duration,
+    /// Login sessions, absolute: 14 days.
+    pub login_session: Duration,
+    /// Login sessions, idle: 1 day (extended as the session is used).
+    pub login_session_idle: Duration,
+    /// Password reset tokens: 1 hour.
+    pub password_reset: Duration,
+    /// Email verification tokens: 1 day.
+    pub email_verification: Duration,
+    /// Magic links: 15 minutes.
+    pub magic_link: Duration,
+    /// WebAuthn ceremonies: 5 minutes.
+    pub ceremony: Duration,
 }
 
 impl Default for DefaultLifetimes {
@@ -59,6 +71,12 @@ impl Default for DefaultLifetimes {
             refresh_idle: Duration::from_secs(14 * 86_400),
             authorization_code: Duration::from_secs(60),
             authorization_session: Duration::from_secs(600),
+            login_session: Duration::from_secs(14 * 86_400),
+            login_session_idle: Duration::from_secs(86_400),
+            password_reset: Duration::from_secs(3600),
+            email_verification: Duration::from_secs(86_400),
+            magic_link: Duration::from_secs(900),
+            ceremony: Duration::from_secs(300),
         }
     }
 }
@@ -165,6 +183,12 @@ impl Config {
             ("refresh_idle", l.refresh_idle),
             ("authorization_code", l.authorization_code),
             ("authorization_session", l.authorization_session),
+            ("login_session", l.login_session),
+            ("login_session_idle", l.login_session_idle),
+            ("password_reset", l.password_reset),
+            ("email_verification", l.email_verification),
+            ("magic_link", l.magic_link),
+            ("ceremony", l.ceremony),
         ] {
             check_lifetime(name, d)?;
         }
@@ -428,13 +452,18 @@ pub struct ForeignTokens<'a> {
 #[derive(Clone)]
 pub struct Authstore {
     pub(crate) backend: Arc<dyn Backend>,
-    keys: Arc<TokenKeyring>,
+    pub(crate) keys: Arc<TokenKeyring>,
     clock: Arc<dyn Clock>,
     pub(crate) config: Arc<Config>,
     audit: AuditContext,
     pat_usage: Arc<Mutex<HashMap<PatId, Timestamp>>>,
     /// Built on first use (it makes one hash), shared by clones.
     pub(crate) passwords: Arc<std::sync::OnceLock<Arc<crate::password::PasswordHasher>>>,
+    /// Keys for reversible secrets (TOTP secrets, provider tokens); `None` until configured.
+    pub(crate) sealing: Option<Arc<crate::seal::SealingKeyring>>,
+    /// Login session use, buffered like PAT use: id -> (last seen, new idle expiry).
+    pub(crate) session_usage:
+        Arc<Mutex<HashMap<crate::identity::LoginSessionId, (Timestamp, Timestamp)>>>,
 }
 
 impl fmt::Debug for Authstore {
@@ -465,6 +494,8 @@ impl Authstore {
             audit: AuditContext::default(),
             pat_usage: Arc::new(Mutex::new(HashMap::new())),
             passwords: Arc::new(std::sync::OnceLock::new()),
+            sealing: None,
+            session_usage: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -480,6 +511,13 @@ impl Authstore {
         self.config = Arc::new(config);
         self.passwords = Arc::new(std::sync::OnceLock::new());
         Ok(self)
+    }
+
+    /// Uses `keys` to seal reversible secrets (TOTP secrets, linked accounts' provider
+    /// tokens). Keys come from configuration, never from the database.
+    pub fn with_sealing_keys(mut self, keys: crate::seal::SealingKeyring) -> Self {
+        self.sealing = Some(Arc::new(keys));
+        self
     }
 
     /// A handle that records `ctx` (actor, address) in every audit event it writes.
@@ -509,7 +547,7 @@ impl Authstore {
         AuditEvent::new(kind, at, &self.audit)
     }
 
-    fn mint(&self, kind: TokenKind) -> Result<(String, TokenHash)> {
+    pub(crate) fn mint(&self, kind: TokenKind) -> Result<(String, TokenHash)> {
         let t = take(self.config.token_format.mint(kind)?);
         let h = self.keys.hash(&t);
         Ok((t, h))
@@ -517,7 +555,7 @@ impl Authstore {
 
     /// Checks a presented string and returns the hashes to try: the active key's first,
     /// then older keys'. No lookup happens for a malformed string.
-    fn candidates<'a>(
+    pub(crate) fn candidates<'a>(
         &'a self,
         kind: TokenKind,
         presented: &'a str,

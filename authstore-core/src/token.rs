@@ -35,17 +35,26 @@ pub enum TokenKind {
     AuthorizationSession,
     /// Client secret, prefix `cs`.
     ClientSecret,
+    /// Login session, prefix `ls`.
+    LoginSession,
+    /// One-time token (password reset, email verification, magic link), prefix `ot`.
+    OneTimeToken,
+    /// WebAuthn ceremony handle, prefix `wc`.
+    Ceremony,
 }
 
 impl TokenKind {
     /// Every kind.
-    pub const ALL: [TokenKind; 6] = [
+    pub const ALL: [TokenKind; 9] = [
         TokenKind::AuthorizationCode,
         TokenKind::AccessToken,
         TokenKind::RefreshToken,
         TokenKind::PersonalAccessToken,
         TokenKind::AuthorizationSession,
         TokenKind::ClientSecret,
+        TokenKind::LoginSession,
+        TokenKind::OneTimeToken,
+        TokenKind::Ceremony,
     ];
 
     /// Position in [`TokenKind::ALL`].
@@ -57,6 +66,9 @@ impl TokenKind {
             TokenKind::PersonalAccessToken => 3,
             TokenKind::AuthorizationSession => 4,
             TokenKind::ClientSecret => 5,
+            TokenKind::LoginSession => 6,
+            TokenKind::OneTimeToken => 7,
+            TokenKind::Ceremony => 8,
         }
     }
 
@@ -69,6 +81,9 @@ impl TokenKind {
             TokenKind::PersonalAccessToken => "pat",
             TokenKind::AuthorizationSession => "as",
             TokenKind::ClientSecret => "cs",
+            TokenKind::LoginSession => "ls",
+            TokenKind::OneTimeToken => "ot",
+            TokenKind::Ceremony => "wc",
         }
     }
 
@@ -81,6 +96,9 @@ impl TokenKind {
             TokenKind::PersonalAccessToken => "personal access token",
             TokenKind::AuthorizationSession => "authorization session",
             TokenKind::ClientSecret => "client secret",
+            TokenKind::LoginSession => "login session",
+            TokenKind::OneTimeToken => "one-time token",
+            TokenKind::Ceremony => "passkey ceremony",
         }
     }
 }
@@ -91,7 +109,7 @@ pub struct TokenFormat {
     deployment: Option<String>,
     /// `[<deployment>_]<kind>_` per kind, in [`TokenKind::ALL`] order: computed once so the
     /// validation hot path does not allocate.
-    prefixes: [String; 6],
+    prefixes: [String; 9],
 }
 
 impl Default for TokenFormat {

@@ -70,6 +70,19 @@ Other backends should match these; the conformance suite is the arbiter.
   with neither user nor source.
   [`IdentityStore::remove_group_member`] and the list calls answer `false`/empty for a
   missing user or group.
+- **Accounts.** Where the caller had only a hash or an id
+  ([`AccountStore::consume_one_time_token`], [`AccountStore::revoke_login_session`],
+  [`AccountStore::update_passkey_use`], [`AccountStore::update_linked_tokens`],
+  [`AccountStore::delete_linked_account`]), the backend fills the event's unset subject
+  from the record's user. Explicit changes ([`AccountStore::set_totp`],
+  [`AccountStore::replace_recovery_codes`], renames, token updates) always write their
+  event. [`AccountStore::set_totp`] stores `last_step = None` whatever the record says. A
+  ceremony's user need not exist (it goes with the user when they are erased); an expired
+  ceremony is removed by [`AccountStore::take_ceremony`] like a live one. Touching a
+  login session moves `last_seen_at` and `idle_expires_at` forward only, the latter never
+  past `expires_at`; revoked sessions are touched too (it is bookkeeping).
+  [`AccountStore::sealed_values`] and [`AccountStore::replace_sealed`] refuse a
+  (table, column) not in `SEALED_COLUMNS` with [`Error::InvalidInput`].
 "#]
 
 mod hasher;
@@ -81,19 +94,20 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use authstore_core::backend::{
-    AuditStore, AuthorizationSessionStore, CleanupOptions, CleanupReport, ClientStore,
-    CodeConsumption, ConsentStore, GrantStore, IdentityStore, KindStats, Maintenance, PatStore,
-    RevokeOutcome, Rotation, RotationMode, Stats, TokenIssue,
+    AccountStore, AuditStore, AuthorizationSessionStore, CleanupOptions, CleanupReport,
+    ClientStore, CodeConsumption, ConsentStore, GrantStore, IdentityStore, KindStats, Maintenance,
+    PatStore, RevokeOutcome, Rotation, RotationMode, Stats, TokenIssue,
 };
-use authstore_core::identity::subject_of;
+use authstore_core::identity::{SEALED_COLUMNS, SealedRef, subject_of};
 use authstore_core::{
-    AccessToken, AuditEvent, AuditQuery, AuthorizationCode, AuthorizationSession, Backend, Client,
-    ClientId, Consent, Error, FailureCounts, Grant, GrantId, Group, GroupId, PasswordHash, PatId,
-    PersonalAccessToken, RefreshTokenState, Result, Scopes, Subject, Timestamp, TokenHash, User,
-    UserId,
+    AccessToken, AuditEvent, AuditQuery, AuthorizationCode, AuthorizationSession, Backend,
+    Ceremony, Client, ClientId, Consent, Error, FailureCounts, Grant, GrantId, Group, GroupId,
+    LinkedAccount, LinkedAccountId, LoginSession, LoginSessionId, OneTimePurpose, OneTimeToken,
+    Passkey, PasswordHash, PatId, PersonalAccessToken, RefreshTokenState, Result, Scopes, Sealed,
+    Subject, Timestamp, TokenHash, TotpRecord, User, UserId,
 };
 
-use crate::state::{ClientRow, LoginFailure, State};
+use crate::state::{ClientRow, LoginFailure, State, linked_key, user_key};
 
 /// The most rows one cleanup batch may delete ([`CleanupOptions::batch_size`]).
 const MAX_BATCH_SIZE: u32 = 100_000;
@@ -1094,8 +1108,9 @@ impl IdentityStore for MemoryStore {
             u.updated_at = audit.at;
         }
         if !active {
-            // A disabled user's tokens stop working with the same change.
+            // A disabled user's tokens and login sessions stop working with the same change.
             st.revoke_subject_at(&subject_of(id), audit.at);
+            st.revoke_login_sessions_at(id, audit.at);
         }
         st.log(audit);
         Ok(())
@@ -1125,6 +1140,7 @@ impl IdentityStore for MemoryStore {
         }
         st.passwords.remove(&id);
         st.remove_failures(id);
+        st.remove_user_accounts(id);
         st.remove_subject(&subject_of(id));
         st.log(audit);
         Ok(true)
@@ -1284,6 +1300,7 @@ impl IdentityStore for MemoryStore {
         st.forget_user_failures(user);
         if revoke_grants {
             st.revoke_subject_at(&subject_of(user), audit.at);
+            st.revoke_login_sessions_at(user, audit.at);
         }
         st.log(audit);
         Ok(())
@@ -1340,6 +1357,584 @@ impl IdentityStore for MemoryStore {
             user: user.map_or(0, |u| recent(st.failures_by_user.get(&u))),
             source: source.map_or(0, |s| recent(st.failures_by_source.get(&s))),
         })
+    }
+}
+
+fn login_session_dead(s: &LoginSession, cutoff: Timestamp) -> bool {
+    s.expires_at <= cutoff || s.idle_expires_at <= cutoff || le(s.revoked_at, cutoff)
+}
+
+fn one_time_dead(t: &OneTimeToken, cutoff: Timestamp) -> bool {
+    t.expires_at <= cutoff || le(t.consumed_at, cutoff)
+}
+
+/// Fills the event's subject from the user the record belongs to, where the caller (who
+/// only had a hash or an id) left it unset.
+fn about_user(mut event: AuditEvent, user: UserId) -> AuditEvent {
+    if event.subject.is_none() {
+        event.subject = Some(subject_of(user));
+    }
+    event
+}
+
+/// The `(table, column)` of [`SEALED_COLUMNS`] matching the arguments, or InvalidInput.
+fn sealed_column(table: &str, column: &str) -> Result<(&'static str, &'static str)> {
+    SEALED_COLUMNS
+        .into_iter()
+        .find(|&(t, c)| t == table && c == column)
+        .ok_or_else(|| Error::invalid("column", format!("no sealed column {table}.{column}")))
+}
+
+/// The sealed value stored in `column` of a linked account.
+fn linked_column<'a>(account: &'a mut LinkedAccount, column: &str) -> &'a mut Option<Sealed> {
+    if column == "access_token" {
+        &mut account.access_token
+    } else {
+        &mut account.refresh_token
+    }
+}
+
+#[async_trait]
+impl AccountStore for MemoryStore {
+    async fn insert_login_session(
+        &self,
+        hash: &TokenHash,
+        session: &LoginSession,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let mut st = self.write();
+        if !st.users.contains_key(&session.user) {
+            return Err(user_not_found(session.user));
+        }
+        State::check_new(&st.login_sessions, "login session", [*hash])?;
+        if st.login_session_ids.contains_key(&session.id) {
+            return Err(Error::Conflict {
+                what: format!("login session {}", session.id),
+            });
+        }
+        st.check_event(&audit)?;
+        st.add_login_session(*hash, session.clone());
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn find_login_session(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+    ) -> Result<Option<LoginSession>> {
+        let st = self.read();
+        Ok(st
+            .login_sessions
+            .get(hash)
+            .filter(|s| {
+                s.revoked_at.is_none()
+                    && now < s.expires_at
+                    && now < s.idle_expires_at
+                    && st.users.get(&s.user).is_some_and(|u| u.active)
+            })
+            .cloned())
+    }
+
+    async fn touch_login_sessions(
+        &self,
+        touches: &[(LoginSessionId, Timestamp, Timestamp)],
+    ) -> Result<()> {
+        let mut st = self.write();
+        for &(id, last_seen_at, idle_expires_at) in touches {
+            let Some(hash) = st.login_session_ids.get(&id).copied() else {
+                continue;
+            };
+            if let Some(s) = st.login_sessions.get_mut(&hash) {
+                s.last_seen_at = s.last_seen_at.max(last_seen_at);
+                // Forward only, and never past the absolute end (a stored value already past
+                // it is not moved back either).
+                s.idle_expires_at = s.idle_expires_at.max(idle_expires_at.min(s.expires_at));
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_login_sessions(&self, user: UserId) -> Result<Vec<LoginSession>> {
+        let st = self.read();
+        Ok(st
+            .login_sessions_by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| st.login_session_ids.get(id))
+            .filter_map(|h| st.login_sessions.get(h))
+            .cloned()
+            .collect())
+    }
+
+    async fn revoke_login_session(
+        &self,
+        id: LoginSessionId,
+        user: Option<UserId>,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        let Some(hash) = st.login_session_ids.get(&id).copied() else {
+            return Ok(false);
+        };
+        let Some(session) = st.login_sessions.get(&hash) else {
+            return Ok(false);
+        };
+        if user.is_some_and(|u| u != session.user) || session.revoked_at.is_some() {
+            return Ok(false);
+        }
+        let audit = about_user(audit, session.user);
+        st.check_event(&audit)?;
+        if let Some(s) = st.login_sessions.get_mut(&hash) {
+            s.revoked_at = Some(audit.at);
+        }
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn revoke_user_login_sessions(&self, user: UserId, audit: AuditEvent) -> Result<u64> {
+        let mut st = self.write();
+        st.check_event(&audit)?;
+        let n = st.revoke_login_sessions_at(user, audit.at);
+        if n > 0 {
+            st.log(audit);
+        }
+        Ok(n)
+    }
+
+    async fn insert_one_time_token(
+        &self,
+        hash: &TokenHash,
+        token: &OneTimeToken,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let mut st = self.write();
+        if !st.users.contains_key(&token.user) {
+            return Err(user_not_found(token.user));
+        }
+        State::check_new(&st.one_time, "one-time token", [*hash])?;
+        st.check_event(&audit)?;
+        // Supersede: only the newest token of a user and purpose works.
+        let older: Vec<TokenHash> = st
+            .one_time_by_user
+            .get(&token.user)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for h in older {
+            if let Some(t) = st.one_time.get_mut(&h) {
+                if t.purpose == token.purpose && t.consumed_at.is_none() {
+                    t.consumed_at = Some(audit.at);
+                }
+            }
+        }
+        st.add_one_time(*hash, token.clone());
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn consume_one_time_token(
+        &self,
+        hash: &TokenHash,
+        purpose: OneTimePurpose,
+        audit: AuditEvent,
+    ) -> Result<Option<OneTimeToken>> {
+        let mut st = self.write();
+        let Some(token) = st.one_time.get(hash) else {
+            return Ok(None);
+        };
+        if token.purpose != purpose
+            || token.consumed_at.is_some()
+            || audit.at >= token.expires_at
+            || !st.users.contains_key(&token.user)
+        {
+            return Ok(None);
+        }
+        let audit = about_user(audit, token.user);
+        st.check_event(&audit)?;
+        let consumed = st.one_time.get_mut(hash).map(|t| {
+            t.consumed_at = Some(audit.at);
+            t.clone()
+        });
+        st.log(audit);
+        Ok(consumed)
+    }
+
+    async fn set_totp(&self, user: UserId, totp: &TotpRecord, audit: AuditEvent) -> Result<()> {
+        let mut st = self.write();
+        if !st.users.contains_key(&user) {
+            return Err(user_not_found(user));
+        }
+        st.check_event(&audit)?;
+        let record = TotpRecord {
+            last_step: None,
+            ..totp.clone()
+        };
+        st.totp.insert(user_key(user), record);
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn get_totp(&self, user: UserId) -> Result<Option<TotpRecord>> {
+        Ok(self.read().totp.get(&user_key(user)).cloned())
+    }
+
+    async fn use_totp_step(&self, user: UserId, step: i64, audit: AuditEvent) -> Result<bool> {
+        let mut st = self.write();
+        let key = user_key(user);
+        let Some(totp) = st.totp.get(&key) else {
+            return Ok(false);
+        };
+        if totp.last_step.is_some_and(|last| step <= last) {
+            return Ok(false);
+        }
+        st.check_event(&audit)?;
+        if let Some(t) = st.totp.get_mut(&key) {
+            t.last_step = Some(step);
+        }
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn delete_totp(&self, user: UserId, audit: AuditEvent) -> Result<bool> {
+        let mut st = self.write();
+        let key = user_key(user);
+        if !st.totp.contains_key(&key) {
+            return Ok(false);
+        }
+        st.check_event(&audit)?;
+        st.totp.remove(&key);
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        user: UserId,
+        hashes: &[TokenHash],
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let mut st = self.write();
+        if !st.users.contains_key(&user) {
+            return Err(user_not_found(user));
+        }
+        st.check_event(&audit)?;
+        if hashes.is_empty() {
+            st.recovery_codes.remove(&user);
+        } else {
+            st.recovery_codes
+                .insert(user, hashes.iter().copied().collect());
+        }
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn use_recovery_code(
+        &self,
+        user: UserId,
+        hash: &TokenHash,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        if !st
+            .recovery_codes
+            .get(&user)
+            .is_some_and(|c| c.contains(hash))
+        {
+            return Ok(false);
+        }
+        st.check_event(&audit)?;
+        if let Some(codes) = st.recovery_codes.get_mut(&user) {
+            codes.remove(hash);
+            if codes.is_empty() {
+                st.recovery_codes.remove(&user);
+            }
+        }
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn unused_recovery_codes(&self, user: UserId) -> Result<u32> {
+        Ok(count_u32(
+            self.read().recovery_codes.get(&user).map_or(0, |c| c.len()),
+        ))
+    }
+
+    async fn insert_passkey(&self, passkey: &Passkey, audit: AuditEvent) -> Result<()> {
+        let mut st = self.write();
+        if !st.users.contains_key(&passkey.user) {
+            return Err(user_not_found(passkey.user));
+        }
+        if st.passkeys.contains_key(&passkey.credential_id) {
+            return Err(Error::Conflict {
+                what: "passkey with this credential id".to_owned(),
+            });
+        }
+        st.check_event(&audit)?;
+        st.add_passkey(passkey.clone());
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>> {
+        Ok(self.read().passkeys.get(credential_id).cloned())
+    }
+
+    async fn list_passkeys(&self, user: UserId) -> Result<Vec<Passkey>> {
+        let st = self.read();
+        let mut keys: Vec<Passkey> = st
+            .passkeys_by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| st.passkeys.get(c))
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| {
+            (a.created_at, &a.credential_id).cmp(&(b.created_at, &b.credential_id))
+        });
+        Ok(keys)
+    }
+
+    async fn rename_passkey(
+        &self,
+        user: UserId,
+        credential_id: &[u8],
+        name: &str,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        if st
+            .passkeys
+            .get(credential_id)
+            .is_none_or(|p| p.user != user)
+        {
+            return Ok(false);
+        }
+        st.check_event(&audit)?;
+        if let Some(p) = st.passkeys.get_mut(credential_id) {
+            name.clone_into(&mut p.name);
+        }
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn update_passkey_use(
+        &self,
+        credential_id: &[u8],
+        counter: u32,
+        backup_state: bool,
+        credential: Option<&serde_json::Value>,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        let Some(passkey) = st.passkeys.get(credential_id) else {
+            return Ok(false);
+        };
+        let audit = about_user(audit, passkey.user);
+        st.check_event(&audit)?;
+        if let Some(p) = st.passkeys.get_mut(credential_id) {
+            p.counter = counter;
+            p.backup_state = backup_state;
+            p.last_used_at = Some(audit.at);
+            if let Some(c) = credential {
+                p.credential = c.clone();
+            }
+        }
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn delete_passkey(
+        &self,
+        user: UserId,
+        credential_id: &[u8],
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        if st
+            .passkeys
+            .get(credential_id)
+            .is_none_or(|p| p.user != user)
+        {
+            return Ok(false);
+        }
+        st.check_event(&audit)?;
+        st.remove_passkey(credential_id);
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn insert_ceremony(&self, hash: &TokenHash, ceremony: &Ceremony) -> Result<()> {
+        let mut st = self.write();
+        State::check_new(&st.ceremonies, "ceremony", [*hash])?;
+        st.add_ceremony(*hash, ceremony.clone());
+        Ok(())
+    }
+
+    async fn take_ceremony(&self, hash: &TokenHash, now: Timestamp) -> Result<Option<Ceremony>> {
+        // Removed whether or not it has expired: single use either way.
+        Ok(self
+            .write()
+            .remove_ceremony(hash)
+            .filter(|c| now < c.expires_at))
+    }
+
+    async fn insert_linked_account(
+        &self,
+        account: &LinkedAccount,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let mut st = self.write();
+        if !st.users.contains_key(&account.user) {
+            return Err(user_not_found(account.user));
+        }
+        if st.linked.contains_key(&linked_key(account.id)) {
+            return Err(Error::Conflict {
+                what: format!("linked account {}", account.id),
+            });
+        }
+        let key = (account.provider.clone(), account.provider_subject.clone());
+        if st.linked_by_key.contains_key(&key) {
+            return Err(Error::Conflict {
+                what: format!("linked {} account with this subject", account.provider),
+            });
+        }
+        st.check_event(&audit)?;
+        st.add_linked(account.clone());
+        st.log(audit);
+        Ok(())
+    }
+
+    async fn find_linked_account(
+        &self,
+        provider: &str,
+        provider_subject: &str,
+    ) -> Result<Option<LinkedAccount>> {
+        let st = self.read();
+        Ok(st
+            .linked_by_key
+            .get(&(provider.to_owned(), provider_subject.to_owned()))
+            .and_then(|id| st.linked.get(&linked_key(*id)))
+            .cloned())
+    }
+
+    async fn list_linked_accounts(&self, user: UserId) -> Result<Vec<LinkedAccount>> {
+        let st = self.read();
+        Ok(st
+            .linked_by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| st.linked.get(&linked_key(*id)))
+            .cloned()
+            .collect())
+    }
+
+    async fn update_linked_tokens(
+        &self,
+        id: LinkedAccountId,
+        access_token: Option<&Sealed>,
+        refresh_token: Option<&Sealed>,
+        token_expires_at: Option<Timestamp>,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        let key = linked_key(id);
+        let Some(account) = st.linked.get(&key) else {
+            return Ok(false);
+        };
+        let audit = about_user(audit, account.user);
+        st.check_event(&audit)?;
+        if let Some(a) = st.linked.get_mut(&key) {
+            a.access_token = access_token.cloned();
+            a.refresh_token = refresh_token.cloned();
+            a.token_expires_at = token_expires_at;
+            a.updated_at = audit.at;
+        }
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn delete_linked_account(
+        &self,
+        id: LinkedAccountId,
+        user: Option<UserId>,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let mut st = self.write();
+        let Some(account) = st.linked.get(&linked_key(id)) else {
+            return Ok(false);
+        };
+        if user.is_some_and(|u| u != account.user) {
+            return Ok(false);
+        }
+        let audit = about_user(audit, account.user);
+        st.check_event(&audit)?;
+        st.remove_linked(id);
+        st.log(audit);
+        Ok(true)
+    }
+
+    async fn sealed_values(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(SealedRef, Sealed)>> {
+        use std::ops::Bound;
+        let (table, column) = sealed_column(table, column)?;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = (lower, Bound::Unbounded);
+        let at = |row: &[u8; 16]| SealedRef {
+            table,
+            column,
+            row: row.to_vec(),
+        };
+        let st = self.read();
+        let limit = limit as usize;
+        Ok(if table == "totp" {
+            st.totp
+                .range::<[u8], _>(range)
+                .map(|(row, t)| (at(row), t.secret.clone()))
+                .take(limit)
+                .collect()
+        } else {
+            st.linked
+                .range::<[u8], _>(range)
+                .filter_map(|(row, a)| {
+                    let value = if column == "access_token" {
+                        &a.access_token
+                    } else {
+                        &a.refresh_token
+                    };
+                    value.as_ref().map(|v| (at(row), v.clone()))
+                })
+                .take(limit)
+                .collect()
+        })
+    }
+
+    async fn replace_sealed(&self, at: &SealedRef, old: &Sealed, new: &Sealed) -> Result<bool> {
+        let (table, column) = sealed_column(at.table, at.column)?;
+        let mut st = self.write();
+        let slot = if table == "totp" {
+            st.totp.get_mut(at.row.as_slice()).map(|t| &mut t.secret)
+        } else {
+            st.linked
+                .get_mut(at.row.as_slice())
+                .and_then(|a| linked_column(a, column).as_mut())
+        };
+        match slot {
+            Some(value) if value == old => {
+                *value = new.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 
@@ -1446,6 +2041,46 @@ impl Maintenance for MemoryStore {
                     .get(&id)
                     .is_some_and(|f| failure_dead(f, cutoff))
                     && st.remove_failure(id)
+            },
+        );
+        r.login_sessions = self.cleanup_kind(
+            options,
+            deadline,
+            inc,
+            |st, n| {
+                dead_keys(st.login_sessions.iter(), n, |s| {
+                    login_session_dead(s, cutoff)
+                })
+            },
+            |st, h| {
+                st.login_sessions
+                    .get(&h)
+                    .is_some_and(|s| login_session_dead(s, cutoff))
+                    && st.remove_login_session(&h)
+            },
+        );
+        r.one_time_tokens = self.cleanup_kind(
+            options,
+            deadline,
+            inc,
+            |st, n| dead_keys(st.one_time.iter(), n, |t| one_time_dead(t, cutoff)),
+            |st, h| {
+                st.one_time
+                    .get(&h)
+                    .is_some_and(|t| one_time_dead(t, cutoff))
+                    && st.remove_one_time(&h)
+            },
+        );
+        r.ceremonies = self.cleanup_kind(
+            options,
+            deadline,
+            inc,
+            |st, n| dead_keys(st.ceremonies.iter(), n, |c| c.expires_at <= cutoff),
+            |st, h| {
+                st.ceremonies
+                    .get(&h)
+                    .is_some_and(|c| c.expires_at <= cutoff)
+                    && st.remove_ceremony(&h).is_some()
             },
         );
         Ok(r)

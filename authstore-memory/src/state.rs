@@ -10,16 +10,23 @@
 //!   groups' name keys ([`Group::name_key`]);
 //! - `members` and `memberships` list the same (group, user) pairs, both of which exist;
 //! - `failures_by_user` / `failures_by_source` list exactly the failure rows with that user
-//!   or source.
+//!   or source;
+//! - `login_session_ids` maps every login session's id to the hash it is stored under, and
+//!   `login_sessions_by_user`, `one_time_by_user`, `passkeys_by_user`, `ceremonies_by_user`
+//!   and `linked_by_user` list exactly the records of that user;
+//! - `linked_by_key` maps exactly the stored linked accounts' (provider, provider subject);
+//! - every login session, one-time token, TOTP enrolment, recovery code set, passkey and
+//!   linked account belongs to a stored user (a ceremony's user need not exist).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use authstore_core::model::AuditEventId;
 use authstore_core::{
-    AccessToken, AuditEvent, AuthorizationCode, AuthorizationSession, Client, ClientId, Consent,
-    Error, Grant, GrantId, Group, GroupId, PasswordHash, PatId, PersonalAccessToken, RefreshToken,
-    Result, Subject, Timestamp, TokenHash, User, UserId,
+    AccessToken, AuditEvent, AuthorizationCode, AuthorizationSession, Ceremony, Client, ClientId,
+    Consent, Error, Grant, GrantId, Group, GroupId, LinkedAccount, LinkedAccountId, LoginSession,
+    LoginSessionId, OneTimeToken, Passkey, PasswordHash, PatId, PersonalAccessToken, RefreshToken,
+    Result, Subject, Timestamp, TokenHash, TotpRecord, User, UserId,
 };
 
 use crate::hasher::{TokenMap, TokenSet};
@@ -85,6 +92,36 @@ pub(crate) struct State {
     pub(crate) failures_by_user: HashMap<UserId, BTreeSet<u64>>,
     pub(crate) failures_by_source: HashMap<IpAddr, BTreeSet<u64>>,
     pub(crate) next_failure: u64,
+    pub(crate) login_sessions: TokenMap<LoginSession>,
+    pub(crate) login_session_ids: BTreeMap<LoginSessionId, TokenHash>,
+    pub(crate) login_sessions_by_user: HashMap<UserId, BTreeSet<LoginSessionId>>,
+    pub(crate) one_time: TokenMap<OneTimeToken>,
+    pub(crate) one_time_by_user: HashMap<UserId, TokenSet>,
+    /// TOTP enrolments by user id bytes (the row id the secret is sealed for), so `reseal`
+    /// walks them in byte order.
+    pub(crate) totp: BTreeMap<[u8; 16], TotpRecord>,
+    /// User -> the hashes of their unused recovery codes.
+    pub(crate) recovery_codes: HashMap<UserId, TokenSet>,
+    /// Passkeys by credential id (chosen by the authenticator, so SipHash-keyed).
+    pub(crate) passkeys: HashMap<Vec<u8>, Passkey>,
+    pub(crate) passkeys_by_user: HashMap<UserId, BTreeSet<Vec<u8>>>,
+    pub(crate) ceremonies: TokenMap<Ceremony>,
+    pub(crate) ceremonies_by_user: HashMap<UserId, TokenSet>,
+    /// Linked accounts by id bytes: id order is byte order, which `reseal` walks.
+    pub(crate) linked: BTreeMap<[u8; 16], LinkedAccount>,
+    /// (provider, provider subject) -> the linked account's id.
+    pub(crate) linked_by_key: HashMap<(String, String), LinkedAccountId>,
+    pub(crate) linked_by_user: HashMap<UserId, BTreeSet<LinkedAccountId>>,
+}
+
+/// The bytes a user id is keyed (and its TOTP secret sealed) by.
+pub(crate) fn user_key(id: UserId) -> [u8; 16] {
+    *id.as_uuid().as_bytes()
+}
+
+/// The bytes a linked account is keyed (and its tokens sealed) by.
+pub(crate) fn linked_key(id: LinkedAccountId) -> [u8; 16] {
+    *id.as_uuid().as_bytes()
 }
 
 impl State {
@@ -462,5 +499,175 @@ impl State {
         self.consents.retain(|(_, s), _| s != subject);
         self.sessions
             .retain(|_, s| s.subject.as_ref() != Some(subject));
+    }
+
+    /// Adds a login session under a new hash and id; its user exists.
+    pub(crate) fn add_login_session(&mut self, hash: TokenHash, session: LoginSession) {
+        self.login_session_ids.insert(session.id, hash);
+        self.login_sessions_by_user
+            .entry(session.user)
+            .or_default()
+            .insert(session.id);
+        self.login_sessions.insert(hash, session);
+    }
+
+    /// Removes a login session.
+    pub(crate) fn remove_login_session(&mut self, hash: &TokenHash) -> bool {
+        let Some(session) = self.login_sessions.remove(hash) else {
+            return false;
+        };
+        self.login_session_ids.remove(&session.id);
+        if let Some(set) = self.login_sessions_by_user.get_mut(&session.user) {
+            set.remove(&session.id);
+            if set.is_empty() {
+                self.login_sessions_by_user.remove(&session.user);
+            }
+        }
+        true
+    }
+
+    /// The hashes of `user`'s login sessions.
+    fn login_session_hashes(&self, user: UserId) -> Vec<TokenHash> {
+        self.login_sessions_by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.login_session_ids.get(id))
+            .copied()
+            .collect()
+    }
+
+    /// Revokes every unrevoked login session of `user`; returns how many changed.
+    pub(crate) fn revoke_login_sessions_at(&mut self, user: UserId, at: Timestamp) -> u64 {
+        let mut n = 0;
+        for h in self.login_session_hashes(user) {
+            if let Some(s) = self.login_sessions.get_mut(&h) {
+                if s.revoked_at.is_none() {
+                    s.revoked_at = Some(at);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Adds a one-time token under a new hash; its user exists.
+    pub(crate) fn add_one_time(&mut self, hash: TokenHash, token: OneTimeToken) {
+        self.one_time_by_user
+            .entry(token.user)
+            .or_default()
+            .insert(hash);
+        self.one_time.insert(hash, token);
+    }
+
+    /// Removes a one-time token.
+    pub(crate) fn remove_one_time(&mut self, hash: &TokenHash) -> bool {
+        let Some(token) = self.one_time.remove(hash) else {
+            return false;
+        };
+        if let Some(set) = self.one_time_by_user.get_mut(&token.user) {
+            set.remove(hash);
+            if set.is_empty() {
+                self.one_time_by_user.remove(&token.user);
+            }
+        }
+        true
+    }
+
+    /// Adds a passkey under a new credential id; its user exists.
+    pub(crate) fn add_passkey(&mut self, passkey: Passkey) {
+        self.passkeys_by_user
+            .entry(passkey.user)
+            .or_default()
+            .insert(passkey.credential_id.clone());
+        self.passkeys.insert(passkey.credential_id.clone(), passkey);
+    }
+
+    /// Removes a passkey.
+    pub(crate) fn remove_passkey(&mut self, credential_id: &[u8]) -> bool {
+        let Some(passkey) = self.passkeys.remove(credential_id) else {
+            return false;
+        };
+        if let Some(set) = self.passkeys_by_user.get_mut(&passkey.user) {
+            set.remove(credential_id);
+            if set.is_empty() {
+                self.passkeys_by_user.remove(&passkey.user);
+            }
+        }
+        true
+    }
+
+    /// Adds a ceremony under a new hash.
+    pub(crate) fn add_ceremony(&mut self, hash: TokenHash, ceremony: Ceremony) {
+        if let Some(u) = ceremony.user {
+            self.ceremonies_by_user.entry(u).or_default().insert(hash);
+        }
+        self.ceremonies.insert(hash, ceremony);
+    }
+
+    /// Removes a ceremony and returns it.
+    pub(crate) fn remove_ceremony(&mut self, hash: &TokenHash) -> Option<Ceremony> {
+        let ceremony = self.ceremonies.remove(hash)?;
+        if let Some(u) = ceremony.user {
+            if let Some(set) = self.ceremonies_by_user.get_mut(&u) {
+                set.remove(hash);
+                if set.is_empty() {
+                    self.ceremonies_by_user.remove(&u);
+                }
+            }
+        }
+        Some(ceremony)
+    }
+
+    /// Adds a linked account whose id and (provider, provider subject) are new and whose
+    /// user exists.
+    pub(crate) fn add_linked(&mut self, account: LinkedAccount) {
+        self.linked_by_key.insert(
+            (account.provider.clone(), account.provider_subject.clone()),
+            account.id,
+        );
+        self.linked_by_user
+            .entry(account.user)
+            .or_default()
+            .insert(account.id);
+        self.linked.insert(linked_key(account.id), account);
+    }
+
+    /// Removes a linked account.
+    pub(crate) fn remove_linked(&mut self, id: LinkedAccountId) -> bool {
+        let Some(account) = self.linked.remove(&linked_key(id)) else {
+            return false;
+        };
+        self.linked_by_key
+            .remove(&(account.provider, account.provider_subject));
+        if let Some(set) = self.linked_by_user.get_mut(&account.user) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.linked_by_user.remove(&account.user);
+            }
+        }
+        true
+    }
+
+    /// Removes every account record of `user` (erasure): login sessions, one-time tokens,
+    /// TOTP, recovery codes, passkeys, ceremonies, linked accounts.
+    pub(crate) fn remove_user_accounts(&mut self, user: UserId) {
+        for h in self.login_session_hashes(user) {
+            self.remove_login_session(&h);
+        }
+        for h in self.one_time_by_user.remove(&user).into_iter().flatten() {
+            self.one_time.remove(&h);
+        }
+        self.totp.remove(&user_key(user));
+        self.recovery_codes.remove(&user);
+        for c in self.passkeys_by_user.remove(&user).into_iter().flatten() {
+            self.passkeys.remove(&c);
+        }
+        for h in self.ceremonies_by_user.remove(&user).into_iter().flatten() {
+            self.ceremonies.remove(&h);
+        }
+        for id in self.linked_by_user.remove(&user).into_iter().flatten() {
+            self.remove_linked(id);
+        }
     }
 }

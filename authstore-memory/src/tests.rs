@@ -822,3 +822,219 @@ async fn identity_keys_disable_erase_and_failures() {
         0
     );
 }
+
+#[tokio::test]
+async fn accounts_sessions_tokens_ceremonies_reseal_and_erasure() {
+    use authstore_core::backend::{AccountStore, IdentityStore};
+    use authstore_core::identity::SealedRef;
+    use authstore_core::{
+        Ceremony, CeremonyKind, LinkedAccount, LinkedAccountId, LoginSession, LoginSessionId,
+        OneTimePurpose, OneTimeToken, Sealed, TotpRecord,
+    };
+
+    let s = MemoryStore::new();
+    let u = user("hana", None, 0);
+    s.insert_user(&u, ev(AuditKind::UserCreated, 0))
+        .await
+        .unwrap();
+    let e = || ev(AuditKind::UserUpdated, 1);
+
+    // Login sessions: touch forward only and never past the absolute end.
+    let sess = LoginSession {
+        id: LoginSessionId::new_at(at(1)),
+        user: u.id,
+        created_at: at(1),
+        last_seen_at: at(1),
+        idle_expires_at: at(10),
+        expires_at: at(100),
+        ip: None,
+        user_agent: None,
+        revoked_at: None,
+    };
+    s.insert_login_session(&h(1), &sess, e()).await.unwrap();
+    assert!(matches!(
+        s.insert_login_session(&h(1), &sess, e()).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(s.find_login_session(&h(1), at(10)).await.unwrap().is_none());
+    s.touch_login_sessions(&[(sess.id, at(5), at(500)), (sess.id, at(2), at(3))])
+        .await
+        .unwrap();
+    let got = s.find_login_session(&h(1), at(99)).await.unwrap().unwrap();
+    assert_eq!((got.last_seen_at, got.idle_expires_at), (at(5), at(100)));
+    // Disabling ends it at once.
+    s.set_user_active(u.id, false, e()).await.unwrap();
+    s.set_user_active(u.id, true, e()).await.unwrap();
+    assert!(s.find_login_session(&h(1), at(2)).await.unwrap().is_none());
+    assert_eq!(s.revoke_user_login_sessions(u.id, e()).await.unwrap(), 0);
+
+    // One-time tokens: a newer one supersedes, consumption is single use.
+    let tok = |issued| OneTimeToken {
+        user: u.id,
+        purpose: OneTimePurpose::PasswordReset,
+        email: None,
+        issued_at: at(issued),
+        expires_at: at(issued + 60),
+        consumed_at: None,
+    };
+    s.insert_one_time_token(&h(2), &tok(1), e()).await.unwrap();
+    s.insert_one_time_token(&h(3), &tok(2), e()).await.unwrap();
+    let p = OneTimePurpose::PasswordReset;
+    assert!(
+        s.consume_one_time_token(&h(2), p, e())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.consume_one_time_token(&h(3), OneTimePurpose::MagicLink, e())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let used = s
+        .consume_one_time_token(&h(3), p, e())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(used.consumed_at, Some(at(1)));
+    assert_eq!(used.user, u.id);
+    assert!(
+        s.consume_one_time_token(&h(3), p, e())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // TOTP steps and recovery codes are compare-and-sets.
+    let sealed = |b: u8| Sealed::from_bytes(vec![b; 8]);
+    let totp = TotpRecord {
+        secret: sealed(1),
+        last_step: Some(9),
+        created_at: at(1),
+    };
+    s.set_totp(u.id, &totp, e()).await.unwrap();
+    assert!(s.use_totp_step(u.id, 5, e()).await.unwrap());
+    assert!(!s.use_totp_step(u.id, 5, e()).await.unwrap());
+    assert!(s.use_totp_step(u.id, 6, e()).await.unwrap());
+    s.replace_recovery_codes(u.id, &[h(4), h(5)], e())
+        .await
+        .unwrap();
+    assert!(s.use_recovery_code(u.id, &h(4), e()).await.unwrap());
+    assert!(!s.use_recovery_code(u.id, &h(4), e()).await.unwrap());
+    assert_eq!(s.unused_recovery_codes(u.id).await.unwrap(), 1);
+
+    // Ceremonies: single use; an expired one goes too.
+    let cer = Ceremony {
+        kind: CeremonyKind::Authentication,
+        user: None,
+        state: serde_json::json!({}),
+        expires_at: at(10),
+    };
+    s.insert_ceremony(&h(6), &cer).await.unwrap();
+    s.insert_ceremony(&h(7), &cer).await.unwrap();
+    assert_eq!(
+        s.take_ceremony(&h(6), at(9)).await.unwrap(),
+        Some(cer.clone())
+    );
+    assert!(s.take_ceremony(&h(6), at(9)).await.unwrap().is_none());
+    assert!(s.take_ceremony(&h(7), at(10)).await.unwrap().is_none());
+    s.insert_ceremony(&h(7), &cer).await.unwrap();
+
+    // Reseal walks by row id bytes after the cursor, skipping nulls; replace is a CAS.
+    let link = |n: i64, access: Option<Sealed>| LinkedAccount {
+        id: LinkedAccountId::new_at(at(n)),
+        provider: "github".into(),
+        provider_subject: format!("gh{n}"),
+        user: u.id,
+        access_token: access,
+        refresh_token: None,
+        token_expires_at: None,
+        created_at: at(n),
+        updated_at: at(n),
+    };
+    let (l1, l2, l3) = (
+        link(1, Some(sealed(2))),
+        link(2, None),
+        link(3, Some(sealed(3))),
+    );
+    for l in [&l1, &l2, &l3] {
+        s.insert_linked_account(l, e()).await.unwrap();
+    }
+    // (provider, provider subject) is unique.
+    let dup = LinkedAccount {
+        id: LinkedAccountId::new_at(at(4)),
+        ..l2.clone()
+    };
+    assert!(matches!(
+        s.insert_linked_account(&dup, e()).await,
+        Err(Error::Conflict { .. })
+    ));
+    let page = s
+        .sealed_values("linked_accounts", "access_token", None, 1)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].0.row, l1.id.as_uuid().as_bytes().to_vec());
+    let rest = s
+        .sealed_values("linked_accounts", "access_token", Some(&page[0].0.row), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1, sealed(3));
+    assert!(
+        s.replace_sealed(&rest[0].0, &sealed(3), &sealed(4))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.replace_sealed(&rest[0].0, &sealed(3), &sealed(5))
+            .await
+            .unwrap()
+    );
+    let t = s.sealed_values("totp", "secret", None, 10).await.unwrap();
+    let r = SealedRef {
+        table: "totp",
+        column: "secret",
+        row: u.id.as_uuid().as_bytes().to_vec(),
+    };
+    assert_eq!(t, vec![(r, sealed(1))]);
+    assert!(matches!(
+        s.sealed_values("users", "secret", None, 10).await,
+        Err(Error::InvalidInput { .. })
+    ));
+
+    // Cleanup: the revoked session, both one-time tokens, the expired ceremony.
+    let r = s
+        .cleanup(&CleanupOptions::default(), at(1000 + 86_400))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.login_sessions, r.one_time_tokens, r.ceremonies),
+        (1, 2, 1)
+    );
+
+    // Erasure takes every account record along.
+    s.insert_ceremony(
+        &h(8),
+        &Ceremony {
+            user: Some(u.id),
+            ..cer
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.delete_user(u.id, e()).await.unwrap());
+    assert!(s.get_totp(u.id).await.unwrap().is_none());
+    assert_eq!(s.unused_recovery_codes(u.id).await.unwrap(), 0);
+    assert!(s.list_linked_accounts(u.id).await.unwrap().is_empty());
+    assert!(
+        s.find_linked_account("github", "gh1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.take_ceremony(&h(8), at(1)).await.unwrap().is_none());
+    let st = s.read();
+    assert!(st.linked_by_key.is_empty() && st.ceremonies.is_empty() && st.one_time.is_empty());
+}

@@ -226,6 +226,13 @@ fn table_what(table: Option<&str>) -> &'static str {
         "group_members" => "group member",
         "passwords" => "password",
         "login_failures" => "login failure",
+        "login_sessions" => "login session",
+        "one_time_tokens" => "one-time token",
+        "totp" => "TOTP enrolment",
+        "recovery_codes" => "recovery code",
+        "passkeys" => "passkey",
+        "ceremonies" => "ceremony",
+        "linked_accounts" => "linked account",
         _ => "record",
     }
 }
@@ -237,6 +244,7 @@ fn constraint_what(constraint: Option<&str>) -> Option<&'static str> {
         "users_username_key" => Some("username"),
         "users_email_key" => Some("email"),
         "groups_name_key" => Some("group name"),
+        "linked_accounts_provider_key" => Some("linked account"),
         _ => None,
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Locking order: every write that concerns one user locks that user's row first (the
 //! update itself, or `SELECT … FOR UPDATE` / `FOR NO KEY UPDATE` / `FOR KEY SHARE`), and only
-//! then touches grants and PATs. The grant store never locks users, and issuers lock a
+//! then touches grants, PATs and login sessions. The grant store never locks users, and issuers lock a
 //! grant then its client, so no lock cycle forms with them.
 
 use std::net::IpAddr;
@@ -11,8 +11,7 @@ use async_trait::async_trait;
 use authstore_core::backend::IdentityStore;
 use authstore_core::identity::{fold_case, subject_of};
 use authstore_core::{
-    AuditEvent, Error, FailureCounts, Group, GroupId, PasswordHash, Result, Subject, Timestamp,
-    User, UserId,
+    AuditEvent, Error, FailureCounts, Group, GroupId, PasswordHash, Result, Timestamp, User, UserId,
 };
 use deadpool_postgres::GenericClient;
 
@@ -28,8 +27,10 @@ fn check_user(u: &User) -> Result<()> {
     json_no_nul("metadata", &u.metadata)
 }
 
-/// Revokes every unrevoked grant and PAT of `subject` at `at`; returns how many.
-async fn revoke_subject<C: GenericClient>(c: &C, subject: &Subject, at: Timestamp) -> Result<u64> {
+/// Revokes every unrevoked grant, PAT and login session of `user` at `at`; returns how
+/// many. The caller holds the user's row lock (see the module docs).
+async fn revoke_user_holdings<C: GenericClient>(c: &C, user: UserId, at: Timestamp) -> Result<u64> {
+    let subject = subject_of(user);
     let grants = exec(
         c,
         "UPDATE grants SET revoked_at = $2 WHERE subject = $1 AND revoked_at IS NULL",
@@ -43,7 +44,13 @@ async fn revoke_subject<C: GenericClient>(c: &C, subject: &Subject, at: Timestam
         &[&subject.as_str(), &ts(at)],
     )
     .await?;
-    Ok(grants + pats)
+    let sessions = exec(
+        c,
+        "UPDATE login_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        &[user.as_uuid(), &ts(at)],
+    )
+    .await?;
+    Ok(grants + pats + sessions)
 }
 
 /// Forgets which failure rows were the user's. The rows stay, counting for their source
@@ -196,7 +203,7 @@ impl IdentityStore for PostgresStore {
         }
         if !active {
             // With the user's row locked by the update: everything they hold stops at once.
-            revoke_subject(&tx, &subject_of(id), audit.at).await?;
+            revoke_user_holdings(&tx, id, audit.at).await?;
         }
         insert_audit(&tx, &audit).await?;
         tx.commit().await.db()
@@ -235,7 +242,8 @@ impl IdentityStore for PostgresStore {
             &[&s],
         )
         .await?;
-        // Memberships, password and login failures go by cascade.
+        // Memberships, password, login failures, login sessions, one-time tokens, TOTP,
+        // recovery codes, passkeys, ceremonies and linked accounts go by cascade.
         exec(&tx, "DELETE FROM users WHERE id = $1", &[id.as_uuid()]).await?;
         insert_audit(&tx, &audit).await?;
         tx.commit().await.db()?;
@@ -498,7 +506,7 @@ impl IdentityStore for PostgresStore {
         .await?;
         forget_user_failures(&tx, user).await?;
         if revoke_grants {
-            revoke_subject(&tx, &subject_of(user), audit.at).await?;
+            revoke_user_holdings(&tx, user, audit.at).await?;
         }
         insert_audit(&tx, &audit).await?;
         tx.commit().await.db()

@@ -37,6 +37,12 @@
 //! the user's row before any grant. A successful login (or a new password) detaches the
 //! user's failure rows, which keep counting for their source until cleanup deletes them.
 //!
+//! **Accounts** (schema version 3). Login sessions, one-time tokens, TOTP enrolments,
+//! recovery codes, passkeys, WebAuthn ceremonies and linked accounts all cascade from their
+//! user. Sealed values (TOTP secrets, provider tokens) are stored as `bytea` and never
+//! opened here; reseal walks them in id order and replaces each with a compare-and-set on
+//! the old bytes, through fixed statements per column.
+//!
 //! **Atomicity without serialization failures.** Everything runs at READ COMMITTED. The
 //! compare-and-sets are single conditional `UPDATE … RETURNING` statements: consuming a code
 //! is `UPDATE … WHERE consumed_at IS NULL AND expires_at > now AND <grant unrevoked> AND
@@ -144,6 +150,7 @@ use std::time::Duration;
 use authstore_core::{Error, Result};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 
+mod accounts;
 mod batch;
 mod db;
 mod identity;

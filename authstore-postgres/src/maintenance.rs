@@ -34,6 +34,9 @@ enum Kind {
     Pats,
     Sessions,
     LoginFailures,
+    LoginSessions,
+    OneTimeTokens,
+    Ceremonies,
 }
 
 // Token passes: each statement is a `DELETE` of at most `$2` rows dead by one condition at
@@ -91,6 +94,32 @@ const SESSIONS: &[&str] = &[
 const LOGIN_FAILURES: &[&str] = &["DELETE FROM login_failures WHERE id = ANY(ARRAY(
     SELECT id FROM login_failures WHERE at <= $1
     ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED))"];
+
+const LOGIN_SESSIONS: &[&str] = &[
+    "DELETE FROM login_sessions WHERE hash = ANY(ARRAY(
+        SELECT hash FROM login_sessions WHERE expires_at <= $1
+        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM login_sessions WHERE hash = ANY(ARRAY(
+        SELECT hash FROM login_sessions WHERE idle_expires_at <= $1
+        ORDER BY idle_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM login_sessions WHERE hash = ANY(ARRAY(
+        SELECT hash FROM login_sessions WHERE revoked_at <= $1
+        ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+];
+
+/// A consumed (or superseded) token is kept until the cutoff, like a consumed code.
+const ONE_TIME_TOKENS: &[&str] = &[
+    "DELETE FROM one_time_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM one_time_tokens WHERE expires_at <= $1
+        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "DELETE FROM one_time_tokens WHERE hash = ANY(ARRAY(
+        SELECT hash FROM one_time_tokens WHERE consumed_at <= $1
+        ORDER BY consumed_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
+];
+
+const CEREMONIES: &[&str] = &["DELETE FROM ceremonies WHERE hash = ANY(ARRAY(
+    SELECT hash FROM ceremonies WHERE expires_at <= $1
+    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))"];
 
 /// Revoked grants, step 1: lock up to `$2` grants revoked at or before `$1`, oldest
 /// revocation first. Concurrent cleaners take disjoint grants.
@@ -159,8 +188,8 @@ enum Step {
     EmptyGrants,
 }
 
-/// In order: tokens first, so grants they leave behind can go in the same run; login
-/// failures last.
+/// In order: tokens first, so grants they leave behind can go in the same run; then login
+/// failures, login sessions, one-time tokens and ceremonies.
 const PASSES: &[(Kind, Step)] = &[
     (Kind::Codes, Step::Statements(CODES)),
     (Kind::Access, Step::Statements(ACCESS)),
@@ -170,6 +199,9 @@ const PASSES: &[(Kind, Step)] = &[
     (Kind::Grants, Step::RevokedGrants),
     (Kind::Grants, Step::EmptyGrants),
     (Kind::LoginFailures, Step::Statements(LOGIN_FAILURES)),
+    (Kind::LoginSessions, Step::Statements(LOGIN_SESSIONS)),
+    (Kind::OneTimeTokens, Step::Statements(ONE_TIME_TOKENS)),
+    (Kind::Ceremonies, Step::Statements(CEREMONIES)),
 ];
 
 fn slot(report: &mut CleanupReport, kind: Kind) -> &mut u64 {
@@ -181,6 +213,9 @@ fn slot(report: &mut CleanupReport, kind: Kind) -> &mut u64 {
         Kind::Pats => &mut report.personal_access_tokens,
         Kind::Sessions => &mut report.authorization_sessions,
         Kind::LoginFailures => &mut report.login_failures,
+        Kind::LoginSessions => &mut report.login_sessions,
+        Kind::OneTimeTokens => &mut report.one_time_tokens,
+        Kind::Ceremonies => &mut report.ceremonies,
     }
 }
 

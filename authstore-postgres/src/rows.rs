@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use authstore_core::{
     AccessToken, AuditEvent, AuditEventId, AuditKind, AuthContext, AuthorizationCode,
-    AuthorizationSession, Client, ClientId, ClientType, Consent, Error, Grant, GrantId, GrantType,
-    Group, GroupId, PatId, PersonalAccessToken, PkceChallenge, PkceMethod, RedirectUri,
-    RefreshToken, Result, Scopes, SenderConstraint, Subject, Timestamp, TokenEndpointAuthMethod,
-    TokenHash, TokenLifetimes, User, UserId,
+    AuthorizationSession, Ceremony, CeremonyKind, Client, ClientId, ClientType, Consent, Error,
+    Grant, GrantId, GrantType, Group, GroupId, LinkedAccount, LinkedAccountId, LoginSession,
+    LoginSessionId, OneTimePurpose, OneTimeToken, Passkey, PatId, PersonalAccessToken,
+    PkceChallenge, PkceMethod, RedirectUri, RefreshToken, Result, Scopes, Sealed, SenderConstraint,
+    Subject, Timestamp, TokenEndpointAuthMethod, TokenHash, TokenLifetimes, User, UserId,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
@@ -96,6 +97,49 @@ macro_rules! group_cols {
     };
 }
 pub(crate) use group_cols;
+
+/// Login session columns, decoded by [`login_session`]: 9 columns.
+macro_rules! login_session_cols {
+    () => {
+        "s.id, s.user_id, s.created_at, s.last_seen_at, s.idle_expires_at, s.expires_at, s.ip, \
+         s.user_agent, s.revoked_at"
+    };
+}
+pub(crate) use login_session_cols;
+
+/// One-time token columns, decoded by [`one_time_token`]: 6 columns.
+macro_rules! one_time_cols {
+    () => {
+        "user_id, purpose, email, issued_at, expires_at, consumed_at"
+    };
+}
+pub(crate) use one_time_cols;
+
+/// Passkey columns, decoded by [`passkey`]: 8 columns.
+macro_rules! passkey_cols {
+    () => {
+        "credential_id, user_id, name, credential, counter, backup_state, created_at, \
+         last_used_at"
+    };
+}
+pub(crate) use passkey_cols;
+
+/// Ceremony columns, decoded by [`ceremony`]: 4 columns.
+macro_rules! ceremony_cols {
+    () => {
+        "kind, user_id, state, expires_at"
+    };
+}
+pub(crate) use ceremony_cols;
+
+/// Linked account columns, decoded by [`linked_account`]: 9 columns.
+macro_rules! linked_cols {
+    () => {
+        "id, provider, provider_subject, user_id, access_token, refresh_token, \
+         token_expires_at, created_at, updated_at"
+    };
+}
+pub(crate) use linked_cols;
 
 // ---- column readers ----
 
@@ -385,6 +429,73 @@ pub(crate) fn group(row: &Row, o: usize) -> Result<Group> {
         id: GroupId::from_uuid(get(row, o)?),
         name: get(row, o + 1)?,
         created_at: ts(row, o + 2)?,
+    })
+}
+
+/// A login session from [`login_session_cols!`] at column 0.
+pub(crate) fn login_session(row: &Row) -> Result<LoginSession> {
+    Ok(LoginSession {
+        id: LoginSessionId::from_uuid(get(row, 0)?),
+        user: UserId::from_uuid(get(row, 1)?),
+        created_at: ts(row, 2)?,
+        last_seen_at: ts(row, 3)?,
+        idle_expires_at: ts(row, 4)?,
+        expires_at: ts(row, 5)?,
+        ip: get::<Option<IpAddr>>(row, 6)?,
+        user_agent: get(row, 7)?,
+        revoked_at: opt_ts(row, 8)?,
+    })
+}
+
+/// A one-time token from [`one_time_cols!`] at column 0.
+pub(crate) fn one_time_token(row: &Row) -> Result<OneTimeToken> {
+    Ok(OneTimeToken {
+        user: UserId::from_uuid(get(row, 0)?),
+        purpose: parse::<OneTimePurpose>(row, 1)?,
+        email: get(row, 2)?,
+        issued_at: ts(row, 3)?,
+        expires_at: ts(row, 4)?,
+        consumed_at: opt_ts(row, 5)?,
+    })
+}
+
+/// A passkey from [`passkey_cols!`] at column 0.
+pub(crate) fn passkey(row: &Row) -> Result<Passkey> {
+    let counter: i64 = get(row, 4)?;
+    Ok(Passkey {
+        credential_id: get(row, 0)?,
+        user: UserId::from_uuid(get(row, 1)?),
+        name: get(row, 2)?,
+        credential: json(row, 3)?,
+        counter: u32::try_from(counter).map_err(|e| bad(&col_name(row, 4), e))?,
+        backup_state: get(row, 5)?,
+        created_at: ts(row, 6)?,
+        last_used_at: opt_ts(row, 7)?,
+    })
+}
+
+/// A ceremony from [`ceremony_cols!`] at column 0.
+pub(crate) fn ceremony(row: &Row) -> Result<Ceremony> {
+    Ok(Ceremony {
+        kind: parse::<CeremonyKind>(row, 0)?,
+        user: get::<Option<uuid::Uuid>>(row, 1)?.map(UserId::from_uuid),
+        state: json(row, 2)?,
+        expires_at: ts(row, 3)?,
+    })
+}
+
+/// A linked account from [`linked_cols!`] at column 0.
+pub(crate) fn linked_account(row: &Row) -> Result<LinkedAccount> {
+    Ok(LinkedAccount {
+        id: LinkedAccountId::from_uuid(get(row, 0)?),
+        provider: get(row, 1)?,
+        provider_subject: get(row, 2)?,
+        user: UserId::from_uuid(get(row, 3)?),
+        access_token: get::<Option<Vec<u8>>>(row, 4)?.map(Sealed::from_bytes),
+        refresh_token: get::<Option<Vec<u8>>>(row, 5)?.map(Sealed::from_bytes),
+        token_expires_at: opt_ts(row, 6)?,
+        created_at: ts(row, 7)?,
+        updated_at: ts(row, 8)?,
     })
 }
 

@@ -89,6 +89,13 @@ fn conflict_what(msg: Option<&str>) -> String {
         "group_members" => "group member",
         "passwords" => "password",
         "login_failures" => "login failure",
+        "login_sessions" => "login session",
+        "one_time_tokens" => "one-time token",
+        "totp" => "TOTP enrolment",
+        "recovery_codes" => "recovery code",
+        "passkeys" => "passkey",
+        "ceremonies" => "ceremony",
+        "linked_accounts" => "linked account",
         "schema_migrations" => "migration",
         _ => "record",
     }

@@ -2,7 +2,9 @@
 //!
 //! Unique keys (`username_key`, `email_key`, `name_key`) are the case-folded forms computed
 //! by core ([`fold_case`]); SQLite never folds case itself. Everything issued to a user is
-//! found by their subject ([`subject_of`]), through the subject indexes of schema 1 and 2.
+//! found by their subject ([`subject_of`]), through the subject indexes of schema 1 and 2;
+//! the account records of schema 3 (login sessions, one-time tokens, TOTP, recovery codes,
+//! passkeys, ceremonies, linked accounts) reference the user by foreign key and cascade.
 
 use std::net::IpAddr;
 
@@ -20,23 +22,30 @@ use crate::db::R;
 use crate::rows::{self, group_cols, user_cols};
 use crate::stores::{Bytes, insert_audit, us};
 
-/// Revokes every unrevoked grant and PAT of `subject` at `at`; returns how many rows changed.
-fn revoke_everything_of(tx: &Connection, subject: &str, at: i64) -> R<usize> {
+/// Revokes every unrevoked grant and PAT of the user's subject and every unrevoked login
+/// session of theirs at `at`; returns how many rows changed.
+fn revoke_everything_of(tx: &Connection, user: UserId, at: i64) -> R<usize> {
+    let subject = subject_of(user);
     let grants = tx
         .prepare_cached(
             "UPDATE grants SET revoked_at = ?2 WHERE subject = ?1 AND revoked_at IS NULL",
         )?
-        .execute(params![subject, at])?;
+        .execute(params![subject.as_str(), at])?;
     let pats = tx
         .prepare_cached(
             "UPDATE personal_access_tokens SET revoked_at = ?2
              WHERE user_subject = ?1 AND revoked_at IS NULL",
         )?
-        .execute(params![subject, at])?;
-    Ok(grants + pats)
+        .execute(params![subject.as_str(), at])?;
+    let sessions = tx
+        .prepare_cached(
+            "UPDATE login_sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+        )?
+        .execute(params![user.b(), at])?;
+    Ok(grants + pats + sessions)
 }
 
-fn user_exists(tx: &Connection, id: UserId) -> R<bool> {
+pub(crate) fn user_exists(tx: &Connection, id: UserId) -> R<bool> {
     Ok(tx
         .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
         .exists([id.b()])?)
@@ -48,7 +57,7 @@ fn group_exists(tx: &Connection, id: GroupId) -> R<bool> {
         .exists([id.b()])?)
 }
 
-fn user_not_found(id: UserId) -> Error {
+pub(crate) fn user_not_found(id: UserId) -> Error {
     Error::not_found(format!("user {id}"))
 }
 
@@ -189,8 +198,7 @@ impl IdentityStore for SqliteStore {
                 if !active {
                     // Also when the flag was already off: nothing of a disabled user's may
                     // stay valid.
-                    let subject = subject_of(id);
-                    changed |= revoke_everything_of(tx, subject.as_str(), us(audit.at))? > 0;
+                    changed |= revoke_everything_of(tx, id, us(audit.at))? > 0;
                 }
                 if changed {
                     insert_audit(tx, &audit)?;
@@ -204,7 +212,9 @@ impl IdentityStore for SqliteStore {
         // Everything a user held may be a lot of rows: off the async worker.
         self.blocking_write(move |inner, gate| {
             inner.write_gated(gate, |tx| {
-                // Memberships, password and login failures go by cascade.
+                // Memberships, password, login failures, login sessions, one-time tokens,
+                // TOTP, recovery codes, passkeys, ceremonies and linked accounts go by
+                // cascade (foreign keys to users), in this same transaction.
                 let n = tx
                     .prepare_cached("DELETE FROM users WHERE id = ?1")?
                     .execute([id.b()])?;
@@ -428,7 +438,7 @@ impl IdentityStore for SqliteStore {
                 .execute(params![user.b(), hash.as_phc(), us(audit.at)])?;
                 forget_user_failures(tx, user)?;
                 if revoke_grants {
-                    revoke_everything_of(tx, subject_of(user).as_str(), us(audit.at))?;
+                    revoke_everything_of(tx, user, us(audit.at))?;
                 }
                 insert_audit(tx, &audit)
             })

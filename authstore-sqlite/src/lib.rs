@@ -90,6 +90,7 @@ use authstore_core::{Error, Result};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
+mod accounts;
 mod db;
 mod identity;
 mod maintenance;

@@ -38,6 +38,28 @@ const SESSIONS: &str = "DELETE FROM authorization_sessions WHERE hash IN (
 const LOGIN_FAILURES: &str = "DELETE FROM login_failures WHERE id IN (
     SELECT id FROM login_failures WHERE at <= ?1 LIMIT ?2)";
 
+/// Login sessions dead at or before the cutoff, one statement per condition (each a search
+/// of its own index), sharing one batch's budget.
+const LOGIN_SESSIONS: [&str; 3] = [
+    "DELETE FROM login_sessions WHERE hash IN (
+         SELECT hash FROM login_sessions WHERE expires_at <= ?1 LIMIT ?2)",
+    "DELETE FROM login_sessions WHERE hash IN (
+         SELECT hash FROM login_sessions WHERE idle_expires_at <= ?1 LIMIT ?2)",
+    "DELETE FROM login_sessions WHERE hash IN (
+         SELECT hash FROM login_sessions WHERE revoked_at <= ?1 LIMIT ?2)",
+];
+
+/// One-time tokens expired or consumed (used or superseded) at or before the cutoff.
+const ONE_TIME_TOKENS: [&str; 2] = [
+    "DELETE FROM one_time_tokens WHERE hash IN (
+         SELECT hash FROM one_time_tokens WHERE expires_at <= ?1 LIMIT ?2)",
+    "DELETE FROM one_time_tokens WHERE hash IN (
+         SELECT hash FROM one_time_tokens WHERE consumed_at <= ?1 LIMIT ?2)",
+];
+
+const CEREMONIES: &str = "DELETE FROM ceremonies WHERE hash IN (
+    SELECT hash FROM ceremonies WHERE expires_at <= ?1 LIMIT ?2)";
+
 /// The refresh pass, one statement per condition: SQLite plans the three-way `OR` as a
 /// full scan of `refresh_tokens`, each of these as a search of its own index. A rotated
 /// token stays until its own expiry: reuse detection needs it.
@@ -140,11 +162,15 @@ fn simple(
     }
 }
 
-/// The refresh pass: its three statements share one batch's budget.
-fn refresh(cutoff: i64, batch: i64) -> impl FnMut(&Transaction<'_>) -> R<(u64, bool)> {
+/// A pass of several statements (one per condition) sharing one batch's budget.
+fn multi(
+    statements: &'static [&'static str],
+    cutoff: i64,
+    batch: i64,
+) -> impl FnMut(&Transaction<'_>) -> R<(u64, bool)> {
     move |tx| {
         let mut left = batch;
-        for sql in REFRESH {
+        for sql in statements {
             if left == 0 {
                 break;
             }
@@ -238,10 +264,10 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
     };
     let mut report = CleanupReport::default();
     // Tokens first, so grants they leave behind can go in the same run.
-    let passes: [(Kind, Box<Batch<'_>>); 8] = [
+    let passes: [(Kind, Box<Batch<'_>>); 11] = [
         (Kind::Codes, Box::new(simple(CODES, cutoff, batch))),
         (Kind::Access, Box::new(simple(ACCESS, cutoff, batch))),
-        (Kind::Refresh, Box::new(refresh(cutoff, batch))),
+        (Kind::Refresh, Box::new(multi(&REFRESH, cutoff, batch))),
         (Kind::Grants, Box::new(revoked_grants(cutoff, batch))),
         (Kind::Grants, Box::new(empty_grants(cutoff, batch))),
         (Kind::Pats, Box::new(simple(PATS, cutoff, batch))),
@@ -250,6 +276,18 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
         (
             Kind::LoginFailures,
             Box::new(simple(LOGIN_FAILURES, cutoff, batch)),
+        ),
+        (
+            Kind::LoginSessions,
+            Box::new(multi(&LOGIN_SESSIONS, cutoff, batch)),
+        ),
+        (
+            Kind::OneTimeTokens,
+            Box::new(multi(&ONE_TIME_TOKENS, cutoff, batch)),
+        ),
+        (
+            Kind::Ceremonies,
+            Box::new(simple(CEREMONIES, cutoff, batch)),
         ),
     ];
     for (kind, mut batch) in passes {
@@ -265,6 +303,9 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
             Kind::Pats => &mut report.personal_access_tokens,
             Kind::Sessions => &mut report.authorization_sessions,
             Kind::LoginFailures => &mut report.login_failures,
+            Kind::LoginSessions => &mut report.login_sessions,
+            Kind::OneTimeTokens => &mut report.one_time_tokens,
+            Kind::Ceremonies => &mut report.ceremonies,
         };
         *slot += deleted;
     }
@@ -283,6 +324,9 @@ enum Kind {
     Pats,
     Sessions,
     LoginFailures,
+    LoginSessions,
+    OneTimeTokens,
+    Ceremonies,
 }
 
 fn count(v: i64) -> u64 {
@@ -460,12 +504,15 @@ mod tests {
         migrate::migrate(&mut conn).unwrap();
         let mut statements: Vec<(&str, usize)> = REFRESH.iter().map(|s| (*s, 2)).collect();
         statements.extend(GRANT_CHILDREN.iter().map(|s| (*s, 2)));
+        statements.extend(LOGIN_SESSIONS.iter().map(|s| (*s, 2)));
+        statements.extend(ONE_TIME_TOKENS.iter().map(|s| (*s, 2)));
         statements.extend([
             (CODES, 2),
             (ACCESS, 2),
             (PATS, 2),
             (SESSIONS, 2),
             (LOGIN_FAILURES, 2),
+            (CEREMONIES, 2),
             (REVOKED_GRANTS, 2),
             (OLD_GRANTS, 4),
             (DELETE_EMPTY_GRANT, 1),

@@ -21,10 +21,15 @@ static MIGRATIONS: &[Migration] = &[
         name: "identity",
         sql: include_str!("../migrations/0002_identity.sql"),
     },
+    Migration {
+        version: 3,
+        name: "accounts",
+        sql: include_str!("../migrations/0003_accounts.sql"),
+    },
 ];
 
 /// The schema version this build needs and migrates to: the newest embedded migration.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Every embedded migration, oldest first (for operators: `authstore migrate --list`).
 pub fn migrations() -> &'static [Migration] {

@@ -14,7 +14,10 @@ use authstore_core::{
     Scopes, SenderConstraint, Subject, Timestamp, TokenEndpointAuthMethod, TokenHash,
     TokenLifetimes,
 };
-use authstore_core::{Group, GroupId, User, UserId};
+use authstore_core::{
+    Ceremony, Group, GroupId, LinkedAccount, LinkedAccountId, LoginSession, LoginSessionId,
+    OneTimeToken, Passkey, Sealed, TotpRecord, User, UserId,
+};
 use rusqlite::Row;
 use rusqlite::types::ValueRef;
 
@@ -99,6 +102,57 @@ macro_rules! group_cols {
     };
 }
 pub(crate) use group_cols;
+
+/// Login session columns, decoded by [`login_session`]: 9 columns.
+macro_rules! login_session_cols {
+    () => {
+        "id, user_id, created_at, last_seen_at, idle_expires_at, expires_at, ip, user_agent, \
+         revoked_at"
+    };
+}
+pub(crate) use login_session_cols;
+
+/// One-time token columns, decoded by [`one_time_token`]: 6 columns.
+macro_rules! one_time_cols {
+    () => {
+        "user_id, purpose, email, issued_at, expires_at, consumed_at"
+    };
+}
+pub(crate) use one_time_cols;
+
+/// TOTP columns, decoded by [`totp`]: 3 columns.
+macro_rules! totp_cols {
+    () => {
+        "secret, last_step, created_at"
+    };
+}
+pub(crate) use totp_cols;
+
+/// Passkey columns, decoded by [`passkey`]: 8 columns.
+macro_rules! passkey_cols {
+    () => {
+        "credential_id, user_id, name, credential, counter, backup_state, created_at, \
+         last_used_at"
+    };
+}
+pub(crate) use passkey_cols;
+
+/// Ceremony columns, decoded by [`ceremony`]: 4 columns.
+macro_rules! ceremony_cols {
+    () => {
+        "kind, user_id, state, expires_at"
+    };
+}
+pub(crate) use ceremony_cols;
+
+/// Linked account columns, decoded by [`linked_account`]: 9 columns.
+macro_rules! linked_cols {
+    () => {
+        "id, provider, provider_subject, user_id, access_token, refresh_token, \
+         token_expires_at, created_at, updated_at"
+    };
+}
+pub(crate) use linked_cols;
 
 // ---- column readers ----
 
@@ -435,6 +489,107 @@ pub(crate) fn group(row: &Row<'_>) -> Sql<Group> {
         id: GroupId::from_uuid(uuid(row, 0)?),
         name: row.get(1)?,
         created_at: ts(row, 2)?,
+    })
+}
+
+pub(crate) fn user_id(row: &Row<'_>, i: usize) -> Sql<UserId> {
+    uuid(row, i).map(UserId::from_uuid)
+}
+
+fn ip(row: &Row<'_>, i: usize) -> Sql<Option<IpAddr>> {
+    row.get::<_, Option<String>>(i)?
+        .map(|s| IpAddr::from_str(&s).map_err(|e| bad(i, e)))
+        .transpose()
+}
+
+fn blob(row: &Row<'_>, i: usize) -> Sql<Vec<u8>> {
+    Ok(row.get_ref(i)?.as_blob()?.to_vec())
+}
+
+pub(crate) fn sealed(row: &Row<'_>, i: usize) -> Sql<Sealed> {
+    blob(row, i).map(Sealed::from_bytes)
+}
+
+fn opt_sealed(row: &Row<'_>, i: usize) -> Sql<Option<Sealed>> {
+    match row.get_ref(i)? {
+        ValueRef::Null => Ok(None),
+        _ => sealed(row, i).map(Some),
+    }
+}
+
+/// A login session from [`login_session_cols!`] starting at column 0.
+pub(crate) fn login_session(row: &Row<'_>) -> Sql<LoginSession> {
+    Ok(LoginSession {
+        id: LoginSessionId::from_uuid(uuid(row, 0)?),
+        user: user_id(row, 1)?,
+        created_at: ts(row, 2)?,
+        last_seen_at: ts(row, 3)?,
+        idle_expires_at: ts(row, 4)?,
+        expires_at: ts(row, 5)?,
+        ip: ip(row, 6)?,
+        user_agent: opt_string(row, 7)?,
+        revoked_at: opt_ts(row, 8)?,
+    })
+}
+
+/// A one-time token from [`one_time_cols!`] starting at column 0.
+pub(crate) fn one_time_token(row: &Row<'_>) -> Sql<OneTimeToken> {
+    Ok(OneTimeToken {
+        user: user_id(row, 0)?,
+        purpose: parse(row, 1)?,
+        email: opt_string(row, 2)?,
+        issued_at: ts(row, 3)?,
+        expires_at: ts(row, 4)?,
+        consumed_at: opt_ts(row, 5)?,
+    })
+}
+
+/// A TOTP enrolment from [`totp_cols!`] starting at column 0.
+pub(crate) fn totp(row: &Row<'_>) -> Sql<TotpRecord> {
+    Ok(TotpRecord {
+        secret: sealed(row, 0)?,
+        last_step: row.get(1)?,
+        created_at: ts(row, 2)?,
+    })
+}
+
+/// A passkey from [`passkey_cols!`] starting at column 0.
+pub(crate) fn passkey(row: &Row<'_>) -> Sql<Passkey> {
+    let counter: i64 = row.get(4)?;
+    Ok(Passkey {
+        credential_id: blob(row, 0)?,
+        user: user_id(row, 1)?,
+        name: row.get(2)?,
+        credential: json(row, 3)?,
+        counter: u32::try_from(counter).map_err(|e| bad(4, e))?,
+        backup_state: flag(row, 5)?,
+        created_at: ts(row, 6)?,
+        last_used_at: opt_ts(row, 7)?,
+    })
+}
+
+/// A ceremony from [`ceremony_cols!`] starting at column 0.
+pub(crate) fn ceremony(row: &Row<'_>) -> Sql<Ceremony> {
+    Ok(Ceremony {
+        kind: parse(row, 0)?,
+        user: opt_uuid(row, 1)?.map(UserId::from_uuid),
+        state: json(row, 2)?,
+        expires_at: ts(row, 3)?,
+    })
+}
+
+/// A linked account from [`linked_cols!`] starting at column 0.
+pub(crate) fn linked_account(row: &Row<'_>) -> Sql<LinkedAccount> {
+    Ok(LinkedAccount {
+        id: LinkedAccountId::from_uuid(uuid(row, 0)?),
+        provider: row.get(1)?,
+        provider_subject: row.get(2)?,
+        user: user_id(row, 3)?,
+        access_token: opt_sealed(row, 4)?,
+        refresh_token: opt_sealed(row, 5)?,
+        token_expires_at: opt_ts(row, 6)?,
+        created_at: ts(row, 7)?,
+        updated_at: ts(row, 8)?,
     })
 }
 

@@ -10,7 +10,7 @@ use authstore_core::{
     Backend, Client, ClientId, Consent, Error, Grant, GrantId, PatId, PersonalAccessToken,
     RefreshToken, RefreshTokenState, Result, Scopes, Subject, Timestamp, TokenHash,
 };
-use authstore_core::{GroupId, UserId};
+use authstore_core::{GroupId, LinkedAccountId, LoginSessionId, UserId};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
@@ -34,7 +34,16 @@ macro_rules! id_bytes {
         }
     )*};
 }
-id_bytes!(ClientId, GrantId, PatId, AuditEventId, UserId, GroupId);
+id_bytes!(
+    ClientId,
+    GrantId,
+    PatId,
+    AuditEventId,
+    UserId,
+    GroupId,
+    LoginSessionId,
+    LinkedAccountId
+);
 
 impl Bytes for TokenHash {
     fn b(&self) -> &[u8] {
@@ -46,7 +55,7 @@ pub(crate) fn us(t: Timestamp) -> i64 {
     t.as_unix_micros()
 }
 
-fn opt_us(t: Option<Timestamp>) -> Option<i64> {
+pub(crate) fn opt_us(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::as_unix_micros)
 }
 

@@ -59,7 +59,11 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     let mut applied = ra.unwrap();
     applied.extend(rb.unwrap());
     applied.sort_unstable();
-    assert_eq!(applied, vec![1, 2], "each migration applied exactly once");
+    assert_eq!(
+        applied,
+        vec![1, 2, 3],
+        "each migration applied exactly once"
+    );
     assert_eq!(a.migrate().await.unwrap(), Vec::<i64>::new());
     assert_eq!(b.migrate().await.unwrap(), Vec::<i64>::new());
     // Both stores work, whichever migrated.
@@ -145,7 +149,7 @@ async fn newer_schema_appearing_after_open_is_refused_by_migrate_and_methods() {
         Err(Error::NotMigrated { .. }) => {}
         other => panic!("expected NotMigrated, got {other:?}"),
     }
-    assert_eq!(s.migrate().await.unwrap(), vec![1, 2]);
+    assert_eq!(s.migrate().await.unwrap(), vec![1, 2, 3]);
     assert!(s.get_client(ClientId::new_at(T0)).await.unwrap().is_none());
 
     // A newer authstore migrates the file under us (DDL plus its record): migrate refuses

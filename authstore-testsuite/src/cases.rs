@@ -3007,3 +3007,587 @@ pub async fn no_password_in_files(h: Harness) {
         "no password fragment in the files"
     );
 }
+
+// ----- identity: sessions, one-time tokens, TOTP, recovery codes, passkeys, links -------
+
+fn sealing(id: &str, byte: u8) -> authstore_core::SealingKeyring {
+    authstore_core::SealingKeyring::new(
+        authstore_core::SealingKey::from_bytes(id, [byte; 32]).unwrap(),
+    )
+}
+
+async fn person(s: &Authstore, name: &str) -> authstore_core::User {
+    s.create_user(authstore_core::NewUser::new(name).email(format!("{name}@example.com")))
+        .await
+        .unwrap()
+}
+
+/// Login sessions: idle and absolute expiry, batched use extending the idle window, list,
+/// revoke one or all, a disabled user's sessions dead at once.
+pub async fn login_sessions(h: Harness) {
+    let (s, clock) = store(&h);
+    let u = person(&s, "hana").await;
+    let ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let (sess, handle) = s
+        .create_login_session(u.id, Some(ip), Some("Firefox/140"))
+        .await
+        .unwrap();
+    assert!(handle.secret().starts_with("ls_"));
+    assert_eq!(
+        sess.idle_expires_at,
+        START.saturating_add(Duration::from_secs(86_400))
+    );
+    assert_eq!(
+        sess.expires_at,
+        START.saturating_add(Duration::from_secs(14 * 86_400))
+    );
+    assert_eq!(
+        s.validate_login_session(handle.secret()).await.unwrap().id,
+        sess.id
+    );
+    // Idle expiry, exactly at the boundary, without use.
+    clock.set(sess.idle_expires_at.saturating_sub(MICRO));
+    s.validate_login_session(handle.secret()).await.unwrap();
+    assert_eq!(s.flush_login_session_usage().await.unwrap(), 1);
+    // Use moved the idle window forward.
+    clock.set(sess.idle_expires_at.saturating_add(SECOND));
+    s.validate_login_session(handle.secret()).await.unwrap();
+    let listed = s.list_login_sessions(u.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].ip, Some(ip));
+    assert_eq!(listed[0].user_agent.as_deref(), Some("Firefox/140"));
+    assert!(listed[0].last_seen_at > START);
+    // Absolute expiry never moves.
+    let (s2, h2) = s.create_login_session(u.id, None, None).await.unwrap();
+    clock.set(s2.expires_at);
+    assert!(matches!(
+        s.validate_login_session(h2.secret()).await,
+        Err(Error::Inactive { .. })
+    ));
+    clock.set(START.saturating_add(Duration::from_secs(86_400)));
+    // Revoke one (only its owner), revoke all.
+    let other = person(&s, "ivan").await;
+    assert!(matches!(
+        s.revoke_login_session(sess.id, Some(other.id)).await,
+        Err(Error::NotFound { .. })
+    ));
+    s.revoke_login_session(sess.id, Some(u.id)).await.unwrap();
+    assert!(s.validate_login_session(handle.secret()).await.is_err());
+    let (_, a) = s.create_login_session(u.id, None, None).await.unwrap();
+    let (_, b) = s.create_login_session(u.id, None, None).await.unwrap();
+    // s2 (live again now that the clock is back before its end), a and b.
+    assert_eq!(s.revoke_all_login_sessions(u.id).await.unwrap(), 3);
+    assert!(
+        s.validate_login_session(a.secret()).await.is_err()
+            && s.validate_login_session(b.secret()).await.is_err()
+    );
+    // A disabled user's sessions are dead at once; a password change can end them too.
+    let (_, c) = s.create_login_session(u.id, None, None).await.unwrap();
+    s.disable_user(u.id).await.unwrap();
+    assert!(s.validate_login_session(c.secret()).await.is_err());
+    assert!(s.create_login_session(u.id, None, None).await.is_err());
+    s.enable_user(u.id).await.unwrap();
+    assert!(
+        s.validate_login_session(c.secret()).await.is_err(),
+        "enabling does not bring sessions back"
+    );
+    let (_, d) = s.create_login_session(u.id, None, None).await.unwrap();
+    s.set_password(u.id, &pw("a long new password"), true)
+        .await
+        .unwrap();
+    assert!(s.validate_login_session(d.secret()).await.is_err());
+    assert!(matches!(
+        s.validate_login_session("ls_garbage").await,
+        Err(Error::MalformedToken { .. })
+    ));
+    let kinds = audit_kinds(&s).await;
+    assert!(
+        kinds.contains(&AuditKind::LoginSessionCreated)
+            && kinds.contains(&AuditKind::LoginSessionsRevoked)
+    );
+}
+
+/// One-time tokens: a new one supersedes the old, consumed exactly once under a race,
+/// purpose and expiry enforced, email verification marks the email verified.
+pub async fn one_time_tokens(h: Harness) {
+    let (s, clock) = store(&h);
+    let u = person(&s, "jo").await;
+    let (_, old) = s
+        .issue_one_time_token(u.id, authstore_core::OneTimePurpose::PasswordReset)
+        .await
+        .unwrap();
+    let (t, new) = s
+        .issue_one_time_token(u.id, authstore_core::OneTimePurpose::PasswordReset)
+        .await
+        .unwrap();
+    assert!(new.secret().starts_with("ot_"));
+    assert_eq!(
+        t.expires_at,
+        START.saturating_add(Duration::from_secs(3600))
+    );
+    assert!(
+        matches!(
+            s.consume_one_time_token(old.secret(), authstore_core::OneTimePurpose::PasswordReset)
+                .await,
+            Err(Error::Inactive { .. })
+        ),
+        "a newer token supersedes the older"
+    );
+    // A magic link of the same user is independent.
+    let (_, magic) = s
+        .issue_one_time_token(u.id, authstore_core::OneTimePurpose::MagicLink)
+        .await
+        .unwrap();
+    // Wrong purpose: refused, and not used up.
+    assert!(
+        s.consume_one_time_token(new.secret(), authstore_core::OneTimePurpose::MagicLink)
+            .await
+            .is_err()
+    );
+    // 32 racers: exactly one wins.
+    let token: Arc<str> = new.secret().into();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let s = s.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            s.consume_one_time_token(&token, authstore_core::OneTimePurpose::PasswordReset)
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "exactly one consumer wins");
+    s.consume_one_time_token(magic.secret(), authstore_core::OneTimePurpose::MagicLink)
+        .await
+        .unwrap();
+    // Expiry boundary.
+    let (t, link) = s
+        .issue_one_time_token(u.id, authstore_core::OneTimePurpose::MagicLink)
+        .await
+        .unwrap();
+    clock.set(t.expires_at);
+    assert!(
+        s.consume_one_time_token(link.secret(), authstore_core::OneTimePurpose::MagicLink)
+            .await
+            .is_err()
+    );
+    // Email verification proves the current address.
+    let (t, verify) = s
+        .issue_one_time_token(u.id, authstore_core::OneTimePurpose::EmailVerification)
+        .await
+        .unwrap();
+    assert_eq!(t.email.as_deref(), Some("jo@example.com"));
+    assert!(!s.user(u.id).await.unwrap().email_verified);
+    s.consume_one_time_token(
+        verify.secret(),
+        authstore_core::OneTimePurpose::EmailVerification,
+    )
+    .await
+    .unwrap();
+    assert!(s.user(u.id).await.unwrap().email_verified);
+    let kinds = audit_kinds(&s).await;
+    assert!(
+        kinds.contains(&AuditKind::OneTimeTokenIssued)
+            && kinds.contains(&AuditKind::OneTimeTokenUsed)
+    );
+}
+
+/// TOTP: sealed secret, codes accepted once (no replay), clock drift of one step; recovery
+/// codes each usable once.
+pub async fn totp_and_recovery_codes(h: Harness) {
+    let (s, clock) = store(&h);
+    let s = s.with_sealing_keys(sealing("s1", 5));
+    let u = person(&s, "kim").await;
+    let secret = s.enroll_totp(u.id).await.unwrap();
+    let bytes = authstore_core::totp::base32_decode(secret.secret()).unwrap();
+    assert_eq!(bytes.len(), 20);
+    let uri = Authstore::totp_uri("authstore", "kim@example.com", &secret);
+    assert!(uri.starts_with("otpauth://totp/authstore:kim%40example.com?secret="));
+    let step = authstore_core::totp::step_at(START.as_unix_seconds());
+    let now_code = authstore_core::totp::code(&bytes, step);
+    assert!(s.verify_totp(u.id, &now_code).await.unwrap());
+    assert!(
+        !s.verify_totp(u.id, &now_code).await.unwrap(),
+        "a code is accepted once"
+    );
+    assert!(
+        !s.verify_totp(u.id, &authstore_core::totp::code(&bytes, step - 1))
+            .await
+            .unwrap(),
+        "an earlier step is a replay"
+    );
+    assert!(
+        s.verify_totp(u.id, &authstore_core::totp::code(&bytes, step + 1))
+            .await
+            .unwrap(),
+        "one step of drift"
+    );
+    clock.advance(Duration::from_secs(90));
+    let later = authstore_core::totp::code(&bytes, step + 3);
+    assert!(!s.verify_totp(u.id, "000000x").await.unwrap());
+    assert!(s.verify_totp(u.id, &later).await.unwrap());
+    // The secret is sealed: a store without the key cannot use it.
+    let (plain, _) = store(&h);
+    assert!(matches!(
+        plain.verify_totp(u.id, &later).await,
+        Err(Error::Config { .. })
+    ));
+    let wrong_key = s.clone().with_sealing_keys(sealing("s2", 6));
+    assert!(matches!(
+        wrong_key.verify_totp(u.id, &later).await,
+        Err(Error::SealingKeyUnknown { .. })
+    ));
+    s.disable_totp(u.id).await.unwrap();
+    assert!(!s.verify_totp(u.id, &later).await.unwrap());
+
+    let codes = s.generate_recovery_codes(u.id).await.unwrap();
+    assert_eq!(codes.len(), 10);
+    assert_eq!(s.unused_recovery_codes(u.id).await.unwrap(), 10);
+    assert!(s.use_recovery_code(u.id, codes[0].secret()).await.unwrap());
+    assert!(
+        !s.use_recovery_code(u.id, codes[0].secret()).await.unwrap(),
+        "each code once"
+    );
+    let relaxed = codes[1].secret().replace('-', "").to_lowercase();
+    assert!(
+        s.use_recovery_code(u.id, &relaxed).await.unwrap(),
+        "case and dashes do not matter"
+    );
+    assert!(!s.use_recovery_code(u.id, "nope").await.unwrap());
+    let other = person(&s, "lee").await;
+    assert!(
+        !s.use_recovery_code(other.id, codes[2].secret())
+            .await
+            .unwrap(),
+        "codes are per user"
+    );
+    assert_eq!(s.unused_recovery_codes(u.id).await.unwrap(), 8);
+    let fresh = s.generate_recovery_codes(u.id).await.unwrap();
+    assert!(
+        !s.use_recovery_code(u.id, codes[2].secret()).await.unwrap(),
+        "new codes replace the old"
+    );
+    assert!(s.use_recovery_code(u.id, fresh[0].secret()).await.unwrap());
+    let shown = format!("{codes:?} {secret:?}");
+    assert!(!shown.contains(codes[3].secret()) && !shown.contains(secret.secret()));
+}
+
+/// Passkeys: unique credential ids, list, rename, use, delete; ceremony state single use.
+pub async fn passkeys_and_ceremonies(h: Harness) {
+    let (s, clock) = store(&h);
+    let u = person(&s, "max").await;
+    let other = person(&s, "nia").await;
+    let cred =
+        serde_json::json!({"cred": {"cred_id": "AQID", "cred": {"type_": "ES256"}, "counter": 0}});
+    let new = authstore_core::NewPasskey {
+        credential_id: vec![1, 2, 3],
+        user: u.id,
+        name: "YubiKey".into(),
+        credential: cred.clone(),
+        counter: 0,
+        backup_state: false,
+    };
+    let p = s.register_passkey(new.clone()).await.unwrap();
+    assert_eq!(p.credential, cred);
+    let dup = authstore_core::NewPasskey {
+        user: other.id,
+        ..new.clone()
+    };
+    assert!(
+        matches!(s.register_passkey(dup).await, Err(Error::Conflict { .. })),
+        "credential ids are unique across users"
+    );
+    s.register_passkey(authstore_core::NewPasskey {
+        credential_id: vec![9; 64],
+        name: "Phone".into(),
+        ..new.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.list_passkeys(u.id).await.unwrap().len(), 2);
+    assert!(s.list_passkeys(other.id).await.unwrap().is_empty());
+    assert!(matches!(
+        s.rename_passkey(other.id, &[1, 2, 3], "mine").await,
+        Err(Error::NotFound { .. })
+    ));
+    s.rename_passkey(u.id, &[1, 2, 3], "Blue key")
+        .await
+        .unwrap();
+    clock.advance(SECOND);
+    let updated = serde_json::json!({"cred": {"cred_id": "AQID", "counter": 7}});
+    s.record_passkey_use(&[1, 2, 3], 7, true, Some(&updated))
+        .await
+        .unwrap();
+    let got = s.passkey(&[1, 2, 3]).await.unwrap();
+    assert_eq!(
+        (got.name.as_str(), got.counter, got.backup_state),
+        ("Blue key", 7, true)
+    );
+    assert_eq!(got.credential, updated);
+    assert_eq!(got.last_used_at, Some(START.saturating_add(SECOND)));
+    assert!(matches!(
+        s.delete_passkey(other.id, &[1, 2, 3]).await,
+        Err(Error::NotFound { .. })
+    ));
+    s.delete_passkey(u.id, &[1, 2, 3]).await.unwrap();
+    assert!(matches!(
+        s.passkey(&[1, 2, 3]).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(
+        s.register_passkey(authstore_core::NewPasskey {
+            credential_id: vec![],
+            ..new.clone()
+        })
+        .await
+        .is_err()
+    );
+
+    // Ceremonies: single use under a race, kind and expiry enforced.
+    let state = serde_json::json!({"rs": {"challenge": "xyz"}});
+    let handle = s
+        .start_ceremony(
+            authstore_core::CeremonyKind::Registration,
+            Some(u.id),
+            state.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(handle.secret().starts_with("wc_"));
+    let hs: Arc<str> = handle.secret().into();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        let hs = hs.clone();
+        tasks.push(tokio::spawn(async move {
+            s.finish_ceremony(&hs, authstore_core::CeremonyKind::Registration)
+                .await
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        if let Ok(c) = t.await.unwrap() {
+            won.push(c);
+        }
+    }
+    assert_eq!(won.len(), 1);
+    assert_eq!(won[0].state, state);
+    assert_eq!(won[0].user, Some(u.id));
+    let wrong = s
+        .start_ceremony(
+            authstore_core::CeremonyKind::Authentication,
+            None,
+            state.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        s.finish_ceremony(wrong.secret(), authstore_core::CeremonyKind::Registration)
+            .await
+            .is_err()
+    );
+    let late = s
+        .start_ceremony(authstore_core::CeremonyKind::Authentication, None, state)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(300));
+    assert!(
+        s.finish_ceremony(late.secret(), authstore_core::CeremonyKind::Authentication)
+            .await
+            .is_err()
+    );
+}
+
+/// Linked accounts: unique (provider, subject), provider tokens sealed and bound to their
+/// row and column, reseal under a new key, erasure with the user.
+pub async fn linked_accounts_and_reseal(h: Harness) {
+    let (s, _) = store(&h);
+    let s = s.with_sealing_keys(sealing("s1", 5));
+    let u = person(&s, "ola").await;
+    let v = person(&s, "pia").await;
+    let at = authstore_core::ProviderToken::new("gho_provider_access_token_1".into());
+    let rt = authstore_core::ProviderToken::new("ghr_provider_refresh_token_1".into());
+    let a = s
+        .link_account(u.id, "github", "12345", Some(&at), Some(&rt), Some(START))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.link_account(v.id, "github", "12345", None, None, None)
+            .await,
+        Err(Error::Conflict { .. })
+    ));
+    let b = s
+        .link_account(
+            v.id,
+            "github",
+            "777",
+            Some(&authstore_core::ProviderToken::new("gho_other".into())),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let found = s.linked_account("github", "12345").await.unwrap();
+    assert_eq!(found.user, u.id);
+    let (oa, or) = s.provider_tokens(&found).unwrap();
+    assert_eq!(oa.unwrap().secret(), at.secret());
+    assert_eq!(or.unwrap().secret(), rt.secret());
+    assert!(!format!("{found:?}").contains("gho_provider"));
+    // A sealed value copied to another row fails to open.
+    let row_b = authstore_core::identity::SealedRef {
+        table: "linked_accounts",
+        column: "access_token",
+        row: b.id.as_uuid().as_bytes().to_vec(),
+    };
+    let b_sealed = s
+        .linked_account("github", "777")
+        .await
+        .unwrap()
+        .access_token
+        .unwrap();
+    assert!(
+        h.backend
+            .replace_sealed(&row_b, &b_sealed, a.access_token.as_ref().unwrap())
+            .await
+            .unwrap()
+    );
+    let moved = s.linked_account("github", "777").await.unwrap();
+    assert!(matches!(
+        s.provider_tokens(&moved),
+        Err(Error::SealedValueInvalid { .. })
+    ));
+    // Updating tokens.
+    let new_at = authstore_core::ProviderToken::new("gho_provider_access_token_2".into());
+    s.update_provider_tokens(&found, Some(&new_at), None, None)
+        .await
+        .unwrap();
+    let again = s.linked_account("github", "12345").await.unwrap();
+    let (oa, or) = s.provider_tokens(&again).unwrap();
+    assert_eq!(oa.unwrap().secret(), new_at.secret());
+    assert!(or.is_none());
+    s.enroll_totp(u.id).await.unwrap();
+
+    // Reseal under a new active key; the old key can then go.
+    let rotated = s.clone().with_sealing_keys(
+        authstore_core::SealingKeyring::with_older(
+            authstore_core::SealingKey::from_bytes("s2", [6; 32]).unwrap(),
+            vec![authstore_core::SealingKey::from_bytes("s1", [5; 32]).unwrap()],
+        )
+        .unwrap(),
+    );
+    let r = rotated.reseal(2).await.unwrap();
+    // a's access token and u's TOTP secret; b's moved value does not open and is skipped.
+    assert_eq!((r.resealed, r.unreadable), (2, 1), "{r:?}");
+    let only_new = s.clone().with_sealing_keys(sealing("s2", 6));
+    let a2 = only_new.linked_account("github", "12345").await.unwrap();
+    assert_eq!(a2.access_token.as_ref().unwrap().key_id(), Some("s2"));
+    assert_eq!(
+        only_new.provider_tokens(&a2).unwrap().0.unwrap().secret(),
+        new_at.secret()
+    );
+    assert_eq!(
+        rotated.reseal(100).await.unwrap().resealed,
+        0,
+        "nothing left"
+    );
+
+    // Unlink (owner only), and erasure with the user.
+    assert!(matches!(
+        s.unlink_account(b.id, Some(u.id)).await,
+        Err(Error::NotFound { .. })
+    ));
+    s.unlink_account(b.id, Some(v.id)).await.unwrap();
+    let (_, sess) = s.create_login_session(u.id, None, None).await.unwrap();
+    s.register_passkey(authstore_core::NewPasskey {
+        credential_id: vec![4, 4],
+        user: u.id,
+        name: "k".into(),
+        credential: serde_json::json!({}),
+        counter: 0,
+        backup_state: false,
+    })
+    .await
+    .unwrap();
+    s.generate_recovery_codes(u.id).await.unwrap();
+    s.delete_user(u.id).await.unwrap();
+    assert!(matches!(
+        s.linked_account("github", "12345").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.passkey(&[4, 4]).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(s.validate_login_session(sess.secret()).await.is_err());
+    assert!(h.backend.get_totp(u.id).await.unwrap().is_none());
+    assert_eq!(h.backend.unused_recovery_codes(u.id).await.unwrap(), 0);
+}
+
+/// No TOTP secret, provider token, session handle, one-time token or recovery code in the
+/// backend's files in clear.
+pub async fn no_identity_secrets_in_files(h: Harness) {
+    assert!(
+        !h.files.is_empty(),
+        "this case is for backends that keep files"
+    );
+    let (s, _) = store(&h);
+    let s = s.with_sealing_keys(sealing("s1", 5));
+    let mut secrets: Vec<String> = Vec::new();
+    for i in 0..30 {
+        let u = person(&s, &format!("f{i}")).await;
+        secrets.push(s.enroll_totp(u.id).await.unwrap().secret().to_owned());
+        let tok = format!("gho_ProviderAccessToken{i:04}xyzzyplugh");
+        s.link_account(
+            u.id,
+            "github",
+            &format!("{i}"),
+            Some(&authstore_core::ProviderToken::new(tok.clone())),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        secrets.push(tok);
+        secrets.push(
+            s.create_login_session(u.id, None, None)
+                .await
+                .unwrap()
+                .1
+                .secret()
+                .to_owned(),
+        );
+        secrets.push(
+            s.issue_one_time_token(u.id, authstore_core::OneTimePurpose::MagicLink)
+                .await
+                .unwrap()
+                .1
+                .secret()
+                .to_owned(),
+        );
+        for c in s.generate_recovery_codes(u.id).await.unwrap() {
+            secrets.push(c.secret().to_owned());
+        }
+    }
+    let mut bytes = Vec::new();
+    for f in &h.files {
+        if let Ok(b) = std::fs::read(f) {
+            bytes.extend_from_slice(&b);
+        }
+    }
+    assert!(
+        bytes.windows(6).any(|w| w == b"github"),
+        "sanity: stored text is visible to the scan"
+    );
+    for secret in &secrets {
+        let needle = &secret.as_bytes()[secret.len().saturating_sub(10)..];
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "a secret is in the files in clear"
+        );
+    }
+}

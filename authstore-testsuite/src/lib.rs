@@ -117,6 +117,11 @@ macro_rules! conformance_tests {
             groups,
             passwords_and_logins,
             login_lockout,
+            login_sessions,
+            one_time_tokens,
+            totp_and_recovery_codes,
+            passkeys_and_ceremonies,
+            linked_accounts_and_reseal,
         );
     };
 }
@@ -126,7 +131,7 @@ macro_rules! conformance_tests {
 #[macro_export]
 macro_rules! file_tests {
     ($factory:path) => {
-        $crate::__cases!($factory; no_secret_bytes_in_files, no_password_in_files);
+        $crate::__cases!($factory; no_secret_bytes_in_files, no_password_in_files, no_identity_secrets_in_files);
     };
 }
 
