@@ -47,6 +47,12 @@ impl Authstore {
         Ok(h)
     }
 
+    /// How many Argon2id password verifications this store has run (for metrics; every
+    /// login runs exactly one, whether the user exists or not).
+    pub async fn password_verifications(&self) -> Result<u64> {
+        Ok(self.hasher().await?.verifications())
+    }
+
     // ----- users ----------------------------------------------------------------------
 
     /// Creates a user (username and email unique case-insensitively).

@@ -2808,6 +2808,26 @@ pub async fn passwords_and_logins(h: Harness) {
         stored.as_phc().starts_with("$argon2id$"),
         "only an Argon2id PHC string is stored"
     );
+    // Every login runs exactly one real Argon2id verification, whether the user exists, the
+    // password is wrong or the user has no password: the unknown-user path costs what a
+    // wrong password costs (a property, not a timing).
+    s.create_user(authstore_core::NewUser::new("nopass"))
+        .await
+        .unwrap();
+    for (who, pass) in [
+        ("fay", "wrong password!"),
+        ("nobody", "whatever-pass"),
+        ("nopass", "whatever-pass"),
+        ("fay", "tr0ub4dor&3 long"),
+    ] {
+        let before = s.password_verifications().await.unwrap();
+        let _ = s.login(who, &pw(pass), None).await;
+        assert_eq!(
+            s.password_verifications().await.unwrap() - before,
+            1,
+            "{who}"
+        );
+    }
 
     // New parameters: the next successful login re-hashes.
     let stronger = Config {
