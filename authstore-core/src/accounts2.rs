@@ -759,3 +759,78 @@ impl Authstore {
         Ok(report)
     }
 }
+
+#[cfg(feature = "webauthn")]
+mod webauthn_types {
+    use super::*;
+
+    fn json_err(e: serde_json::Error) -> Error {
+        Error::invalid("passkey", format!("not a webauthn-rs Passkey ({e})"))
+    }
+
+    impl NewPasskey {
+        /// A passkey to register from what webauthn-rs' `finish_passkey_registration`
+        /// returned.
+        pub fn from_webauthn(
+            user: UserId,
+            name: impl Into<String>,
+            passkey: &webauthn_rs::prelude::Passkey,
+        ) -> Result<Self> {
+            let credential = serde_json::to_value(passkey).map_err(json_err)?;
+            let inner = &credential["cred"];
+            Ok(Self {
+                credential_id: AsRef::<[u8]>::as_ref(passkey.cred_id()).to_vec(),
+                user,
+                name: name.into(),
+                counter: inner["counter"]
+                    .as_u64()
+                    .and_then(|c| u32::try_from(c).ok())
+                    .unwrap_or(0),
+                backup_state: inner["backup_state"].as_bool().unwrap_or(false),
+                credential,
+            })
+        }
+    }
+
+    impl Passkey {
+        /// The stored credential as the webauthn-rs type (for
+        /// `start_passkey_authentication`).
+        pub fn to_webauthn(&self) -> Result<webauthn_rs::prelude::Passkey> {
+            serde_json::from_value(self.credential.clone()).map_err(json_err)
+        }
+    }
+
+    impl Authstore {
+        /// Records a successful passkey authentication from webauthn-rs'
+        /// `finish_passkey_authentication` result: the credential is updated as
+        /// webauthn-rs says (counter, backup state) and stored with them.
+        pub async fn record_passkey_authentication(
+            &self,
+            result: &webauthn_rs::prelude::AuthenticationResult,
+        ) -> Result<()> {
+            let id: &[u8] = result.cred_id().as_ref();
+            let mut passkey = self.passkey(id).await?.to_webauthn()?;
+            passkey.update_credential(result);
+            let credential = serde_json::to_value(&passkey).map_err(json_err)?;
+            self.record_passkey_use(
+                id,
+                result.counter(),
+                result.backup_state(),
+                Some(&credential),
+            )
+            .await
+        }
+
+        /// A user's passkeys as webauthn-rs types (to start an authentication).
+        pub async fn webauthn_passkeys(
+            &self,
+            user: UserId,
+        ) -> Result<Vec<webauthn_rs::prelude::Passkey>> {
+            self.list_passkeys(user)
+                .await?
+                .iter()
+                .map(Passkey::to_webauthn)
+                .collect()
+        }
+    }
+}
