@@ -344,6 +344,29 @@ impl Authstore {
                 retry_after: policy.window,
             });
         }
+        // Record this attempt against the user *before* verifying, then count again:
+        // concurrent guesses see each other's rows, so at most `max_user_failures` of them can
+        // reach the password check in a window, however many run at once. A success detaches
+        // the row again (`record_login_attempt(.., true, ..)`).
+        if let Some(u) = &user {
+            let ev = with_source(
+                self.event(AuditKind::LoginAttempted, now)
+                    .subject(subject.as_ref()),
+                source,
+            );
+            self.backend
+                .record_login_attempt(Some(u.id), None, false, ev)
+                .await?;
+            let counts = self
+                .backend
+                .login_failures(Some(u.id), None, now.saturating_sub(policy.window))
+                .await?;
+            if counts.user > policy.max_user_failures {
+                return Err(Error::TooManyAttempts {
+                    retry_after: policy.window,
+                });
+            }
+        }
         let stored = match &user {
             Some(u) if u.active => self.backend.get_password_hash(u.id).await?,
             _ => None,
@@ -379,14 +402,16 @@ impl Authstore {
                     .await?;
                 Ok(u)
             }
-            (_, user) => {
+            _ => {
                 let ev = with_source(
                     self.event(AuditKind::LoginFailed, now)
                         .subject(subject.as_ref()),
                     source,
                 );
+                // The user's failure is the attempt row recorded above; this row counts
+                // against the source.
                 self.backend
-                    .record_login_attempt(user.map(|u| u.id), source, false, ev)
+                    .record_login_attempt(None, source, false, ev)
                     .await?;
                 Err(Error::InvalidCredentials)
             }

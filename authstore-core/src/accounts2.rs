@@ -253,14 +253,24 @@ impl Authstore {
                 .event(AuditKind::OneTimeTokenUsed, now)
                 .detail("purpose", purpose.as_str());
             if let Some(t) = self.backend.consume_one_time_token(&h, purpose, ev).await? {
+                let mut u = self.user(t.user).await?;
+                if !u.active {
+                    // A disabled user's outstanding links and resets are dead.
+                    return Err(Error::Inactive {
+                        kind: TokenKind::OneTimeToken.name(),
+                    });
+                }
                 if let (OneTimePurpose::EmailVerification, Some(email)) = (purpose, &t.email) {
-                    let u = self.user(t.user).await?;
+                    // Check and write from the same read: the stored pair (email, verified)
+                    // is always one we saw together, so a concurrent email change can never
+                    // get another address marked verified.
                     if u.email.as_deref() == Some(email.as_str()) && !u.email_verified {
-                        let upd = crate::identity::UserUpdate {
-                            email_verified: Some(true),
-                            ..Default::default()
-                        };
-                        self.update_user(t.user, upd).await?;
+                        u.email_verified = true;
+                        u.updated_at = self.now();
+                        let ev = self
+                            .ev(AuditKind::UserUpdated, u.id)
+                            .detail("email_verified", true);
+                        self.backend.update_user(&u, ev).await?;
                     }
                 }
                 return Ok(t);
@@ -331,6 +341,7 @@ impl Authstore {
     /// shoulder cannot be replayed.
     pub async fn verify_totp(&self, user: UserId, code: &str) -> Result<bool> {
         let keys = self.sealing()?.clone();
+        self.second_factor_allowed(user).await?;
         let Some(record) = self.backend.get_totp(user).await? else {
             return Ok(false);
         };
@@ -344,12 +355,18 @@ impl Authstore {
             },
         )?;
         let now_step = crate::totp::step_at(self.now().as_unix_seconds());
-        let Some(step) = crate::totp::matching_step(&secret, code, now_step) else {
-            return Ok(false);
+        let accepted = match crate::totp::matching_step(&secret, code, now_step) {
+            Some(step) => {
+                self.backend
+                    .use_totp_step(user, step, self.ev(AuditKind::TotpUsed, user))
+                    .await?
+            }
+            None => false,
         };
-        self.backend
-            .use_totp_step(user, step, self.ev(AuditKind::TotpUsed, user))
-            .await
+        if !accepted {
+            self.second_factor_failed(user).await?;
+        }
+        Ok(accepted)
     }
 
     /// Removes a user's TOTP enrolment. [`Error::NotFound`] if there was none.
@@ -404,11 +421,44 @@ impl Authstore {
 
     /// Uses one recovery code, exactly once. `false` for an unknown or used code.
     pub async fn use_recovery_code(&self, user: UserId, code: &str) -> Result<bool> {
-        let Some(h) = self.recovery_hash(code) else {
-            return Ok(false);
+        self.second_factor_allowed(user).await?;
+        let used = match self.recovery_hash(code) {
+            Some(h) => {
+                self.backend
+                    .use_recovery_code(user, &h, self.ev(AuditKind::RecoveryCodeUsed, user))
+                    .await?
+            }
+            None => false,
         };
+        if !used {
+            self.second_factor_failed(user).await?;
+        }
+        Ok(used)
+    }
+
+    /// Second factors are guessable (a TOTP guess hits 3 times in a million): refuse them for
+    /// disabled users, and count their failures with the user's login failures, so
+    /// [`LoginPolicy::max_user_failures`](crate::LoginPolicy::max_user_failures) within the
+    /// window locks TOTP and recovery codes too.
+    async fn second_factor_allowed(&self, user: UserId) -> Result<()> {
+        self.active_user(user).await?;
+        let policy = self.config.login;
+        let counts = self
+            .backend
+            .login_failures(Some(user), None, self.now().saturating_sub(policy.window))
+            .await?;
+        if counts.user >= policy.max_user_failures {
+            return Err(Error::TooManyAttempts {
+                retry_after: policy.window,
+            });
+        }
+        Ok(())
+    }
+
+    async fn second_factor_failed(&self, user: UserId) -> Result<()> {
+        let ev = self.ev(AuditKind::SecondFactorFailed, user);
         self.backend
-            .use_recovery_code(user, &h, self.ev(AuditKind::RecoveryCodeUsed, user))
+            .record_login_attempt(Some(user), None, false, ev)
             .await
     }
 

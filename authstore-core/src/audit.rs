@@ -88,8 +88,13 @@ str_enum!(
         PasswordSet => "password.set",
         /// A login succeeded.
         LoginSucceeded => "login.succeeded",
+        /// A login for an existing user began (recorded before the password check, so that
+        /// concurrent guesses count against each other).
+        LoginAttempted => "login.attempted",
         /// A login failed (never with the password).
         LoginFailed => "login.failed",
+        /// A TOTP code or recovery code was wrong (counted with login failures).
+        SecondFactorFailed => "second_factor.failed",
         /// A login was refused because of too many recent failures.
         LoginLocked => "login.locked",
         /// A login session began.

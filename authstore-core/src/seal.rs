@@ -252,7 +252,9 @@ impl SealingKeyring {
     /// [`open`](Self::open) for text sealed with [`seal_str`](Self::seal_str).
     pub fn open_str(&self, sealed: &Sealed, ctx: &SealContext<'_>) -> Result<Zeroizing<String>> {
         let mut bytes = self.open(sealed, ctx)?;
-        let text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|_| {
+        let text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
+            // Wipe the plaintext that came back in the error.
+            drop(Zeroizing::new(e.into_bytes()));
             Error::SealedValueInvalid {
                 reason: "not UTF-8 text",
             }
