@@ -406,8 +406,9 @@ pub trait IdentityStore: Debug + Send + Sync + 'static {
 
     /// Sets `active` (and `updated_at = audit.at`). Disabling also revokes, in the same
     /// transaction, every unrevoked grant of the user's subject, every unrevoked PAT and
-    /// every unrevoked login session of theirs: a disabled user's tokens stop working at
-    /// once. No event if unchanged.
+    /// every unrevoked login session of theirs, and consumes (`consumed_at = audit.at`) their
+    /// unconsumed one-time tokens: a disabled user's tokens stop working at once, and stay
+    /// dead if the user is enabled again. No event if unchanged.
     /// NotFound if the user does not exist.
     async fn set_user_active(&self, id: UserId, active: bool, audit: AuditEvent) -> Result<()>;
 
@@ -465,7 +466,8 @@ pub trait IdentityStore: Debug + Send + Sync + 'static {
     /// Stores the user's password hash (replacing any), detaches their login failures (as a
     /// successful login does) and,
     /// with `revoke_grants`, revokes in the same transaction every unrevoked grant of their
-    /// subject, every unrevoked PAT and every unrevoked login session of theirs. NotFound if the user does not exist.
+    /// subject, every unrevoked PAT and every unrevoked login session of theirs, and consumes
+    /// their unconsumed one-time tokens (an old reset link must not outlive the change). NotFound if the user does not exist.
     async fn set_password_hash(
         &self,
         user: UserId,
@@ -623,7 +625,9 @@ pub trait AccountStore: Debug + Send + Sync + 'static {
         audit: AuditEvent,
     ) -> Result<bool>;
 
-    /// After an authentication: sets counter, backup state and `last_used_at = audit.at`
+    /// After an authentication: sets the counter to the larger of the stored and the given
+    /// one (concurrent uses must never move it backwards: it is the clone detector), backup
+    /// state and `last_used_at = audit.at`
     /// (and replaces `credential` when given: webauthn-rs updates it). `false` if no such
     /// passkey.
     async fn update_passkey_use(

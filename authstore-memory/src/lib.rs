@@ -1111,6 +1111,7 @@ impl IdentityStore for MemoryStore {
             // A disabled user's tokens and login sessions stop working with the same change.
             st.revoke_subject_at(&subject_of(id), audit.at);
             st.revoke_login_sessions_at(id, audit.at);
+            st.consume_one_time_of(id, audit.at);
         }
         st.log(audit);
         Ok(())
@@ -1301,6 +1302,7 @@ impl IdentityStore for MemoryStore {
         if revoke_grants {
             st.revoke_subject_at(&subject_of(user), audit.at);
             st.revoke_login_sessions_at(user, audit.at);
+            st.consume_one_time_of(user, audit.at);
         }
         st.log(audit);
         Ok(())
@@ -1736,7 +1738,7 @@ impl AccountStore for MemoryStore {
         let audit = about_user(audit, passkey.user);
         st.check_event(&audit)?;
         if let Some(p) = st.passkeys.get_mut(credential_id) {
-            p.counter = counter;
+            p.counter = p.counter.max(counter);
             p.backup_state = backup_state;
             p.last_used_at = Some(audit.at);
             if let Some(c) = credential {

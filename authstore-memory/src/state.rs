@@ -551,6 +551,24 @@ impl State {
         n
     }
 
+    /// Consumes every unconsumed one-time token of `user` at `at`.
+    pub(crate) fn consume_one_time_of(&mut self, user: UserId, at: Timestamp) {
+        let hashes: Vec<TokenHash> = self
+            .one_time_by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for h in hashes {
+            if let Some(t) = self.one_time.get_mut(&h) {
+                if t.consumed_at.is_none() {
+                    t.consumed_at = Some(at);
+                }
+            }
+        }
+    }
+
     /// Adds a one-time token under a new hash; its user exists.
     pub(crate) fn add_one_time(&mut self, hash: TokenHash, token: OneTimeToken) {
         self.one_time_by_user

@@ -571,7 +571,7 @@ impl AccountStore for PostgresStore {
         let tx = conn.transaction().await.db()?;
         let n = exec(
             &tx,
-            "UPDATE passkeys SET counter = $2, backup_state = $3, last_used_at = $4,
+            "UPDATE passkeys SET counter = GREATEST(counter, $2), backup_state = $3, last_used_at = $4,
                  credential = coalesce($5::jsonb, credential)
              WHERE credential_id = $1",
             &[

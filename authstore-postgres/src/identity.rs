@@ -27,8 +27,8 @@ fn check_user(u: &User) -> Result<()> {
     json_no_nul("metadata", &u.metadata)
 }
 
-/// Revokes every unrevoked grant, PAT and login session of `user` at `at`; returns how
-/// many. The caller holds the user's row lock (see the module docs).
+/// Revokes every unrevoked grant, PAT and login session of `user`, and consumes their
+/// unconsumed one-time tokens, at `at`; returns how many. The caller holds the user's row lock (see the module docs).
 async fn revoke_user_holdings<C: GenericClient>(c: &C, user: UserId, at: Timestamp) -> Result<u64> {
     let subject = subject_of(user);
     let grants = exec(
@@ -50,7 +50,13 @@ async fn revoke_user_holdings<C: GenericClient>(c: &C, user: UserId, at: Timesta
         &[user.as_uuid(), &ts(at)],
     )
     .await?;
-    Ok(grants + pats + sessions)
+    let one_time = exec(
+        c,
+        "UPDATE one_time_tokens SET consumed_at = $2 WHERE user_id = $1 AND consumed_at IS NULL",
+        &[user.as_uuid(), &ts(at)],
+    )
+    .await?;
+    Ok(grants + pats + sessions + one_time)
 }
 
 /// Forgets which failure rows were the user's. The rows stay, counting for their source

@@ -529,7 +529,7 @@ impl AccountStore for SqliteStore {
             .write(|tx| {
                 let owner = tx
                     .prepare_cached(
-                        "UPDATE passkeys SET counter = ?2, backup_state = ?3, last_used_at = ?4,
+                        "UPDATE passkeys SET counter = max(counter, ?2), backup_state = ?3, last_used_at = ?4,
                              credential = coalesce(?5, credential)
                          WHERE credential_id = ?1
                          RETURNING user_id",

@@ -23,7 +23,8 @@ use crate::rows::{self, group_cols, user_cols};
 use crate::stores::{Bytes, insert_audit, us};
 
 /// Revokes every unrevoked grant and PAT of the user's subject and every unrevoked login
-/// session of theirs at `at`; returns how many rows changed.
+/// session of theirs, and consumes their unconsumed one-time tokens, at `at`; returns how
+/// many rows changed.
 fn revoke_everything_of(tx: &Connection, user: UserId, at: i64) -> R<usize> {
     let subject = subject_of(user);
     let grants = tx
@@ -42,7 +43,12 @@ fn revoke_everything_of(tx: &Connection, user: UserId, at: i64) -> R<usize> {
             "UPDATE login_sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
         )?
         .execute(params![user.b(), at])?;
-    Ok(grants + pats + sessions)
+    let one_time = tx
+        .prepare_cached(
+            "UPDATE one_time_tokens SET consumed_at = ?2 WHERE user_id = ?1 AND consumed_at IS NULL",
+        )?
+        .execute(params![user.b(), at])?;
+    Ok(grants + pats + sessions + one_time)
 }
 
 pub(crate) fn user_exists(tx: &Connection, id: UserId) -> R<bool> {

@@ -3245,6 +3245,33 @@ pub async fn one_time_tokens(h: Harness) {
     )
     .await
     .unwrap();
+    // Outstanding tokens die with a disable (and stay dead after enabling) and with a
+    // password change that logs out everywhere.
+    use authstore_core::OneTimePurpose::PasswordReset;
+    let (_, reset) = s.issue_one_time_token(u.id, PasswordReset).await.unwrap();
+    s.disable_user(u.id).await.unwrap();
+    s.enable_user(u.id).await.unwrap();
+    assert!(
+        s.consume_one_time_token(reset.secret(), PasswordReset)
+            .await
+            .is_err()
+    );
+    let (_, reset) = s.issue_one_time_token(u.id, PasswordReset).await.unwrap();
+    s.set_password(u.id, &pw("a brand new password"), true)
+        .await
+        .unwrap();
+    assert!(
+        s.consume_one_time_token(reset.secret(), PasswordReset)
+            .await
+            .is_err()
+    );
+    let (_, reset) = s.issue_one_time_token(u.id, PasswordReset).await.unwrap();
+    s.set_password(u.id, &pw("another new password"), false)
+        .await
+        .unwrap();
+    s.consume_one_time_token(reset.secret(), PasswordReset)
+        .await
+        .unwrap();
     assert!(s.user(u.id).await.unwrap().email_verified);
     let kinds = audit_kinds(&s).await;
     assert!(
@@ -3393,6 +3420,11 @@ pub async fn passkeys_and_ceremonies(h: Harness) {
     );
     assert_eq!(got.credential, updated);
     assert_eq!(got.last_used_at, Some(START.saturating_add(SECOND)));
+    // A use reporting a lower counter (a concurrent older use) never moves it backwards.
+    s.record_passkey_use(&[1, 2, 3], 3, true, None)
+        .await
+        .unwrap();
+    assert_eq!(s.passkey(&[1, 2, 3]).await.unwrap().counter, 7);
     assert!(matches!(
         s.delete_passkey(other.id, &[1, 2, 3]).await,
         Err(Error::NotFound { .. })
