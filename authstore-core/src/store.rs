@@ -533,6 +533,12 @@ impl Authstore {
         &self.backend
     }
 
+    /// A 32-byte key for another purpose of the deployment (CSRF tokens, say), derived from
+    /// the active token key: see [`TokenKeyring::derive_key`].
+    pub fn derive_key(&self, context: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        self.keys.derive_key(context)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config

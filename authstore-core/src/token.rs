@@ -464,6 +464,14 @@ impl TokenKeyring {
         self.older.iter().map(move |k| k.hash(token.as_bytes()))
     }
 
+    /// A 32-byte key for another purpose, derived from the active key with BLAKE3's key
+    /// derivation (`context` must be a fixed, globally unique string such as
+    /// `"authstore-server 2026 csrf"`). Servers use it for CSRF tokens, so every node with the
+    /// same token key agrees without another secret. It changes when the active key rotates.
+    pub fn derive_key(&self, context: &str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(context, self.active.bytes()))
+    }
+
     /// Whether the ring holds keys besides the active one.
     pub fn has_older(&self) -> bool {
         !self.older.is_empty()

@@ -1,0 +1,1 @@
+//! Bearer-token validation for resource servers (placeholder while the module is written).

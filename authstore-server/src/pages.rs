@@ -1,0 +1,1 @@
+//! HTML pages (placeholder while the module is written).
