@@ -1,9 +1,1925 @@
-//! Placeholder while the module is written (replaced in this change).
+//! The front channel: the authorization endpoint (RFC 6749 §4.1.1 with PKCE, RFC 7636,
+//! RFC 9700, RFC 9207), the login page and the consent page.
+//!
+//! `GET /authorize` checks the client and the redirect URI first: while either is in doubt
+//! nothing redirects, the browser gets an HTML error page (RFC 6749 §4.1.2.1, no open
+//! redirector). Every later error redirects to the client with `error`, `state` and `iss`.
+//! A valid request becomes an authorization session (`as_…` handle) that the login and
+//! consent forms carry; both forms are CSRF-protected ([`crate::csrf`]). A browser with a
+//! valid login session (`authstore_session` cookie) skips the login page, and a remembered
+//! consent that covers the requested scope skips the consent page.
+//!
+//! Nothing here logs a form, a query string, a cookie, a handle or a code.
 
+use std::net::{IpAddr, SocketAddr};
+
+use authstore_core::identity::subject_of;
+use authstore_core::{
+    AuthContext, AuthorizationSession, Client, ClientId, ClientType, CodeRequest,
+    Error as CoreError, LoginSession, NewAuthorizationSession, Password, PkceChallenge, Scopes,
+    Subject, UserId,
+};
 use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 
+use crate::form::FormParams;
+use crate::pages::{self, FormContext, FormTarget};
 use crate::state::AppState;
+use crate::{cookies, csrf, metrics, paths};
 
+/// `GET /authorize`, `POST /authorize/login`, `POST /authorize/consent`.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
+        .route(paths::AUTHORIZE, get(authorize))
+        .route(paths::LOGIN, post(login))
+        .route(paths::CONSENT, post(consent))
+}
+
+// ----- redirects to the client ---------------------------------------------------------
+
+/// How the browser got here: a redirect answers a GET with 302, a form POST with 303 (so
+/// the browser follows with a GET, never re-posting the form to the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Get,
+    Post,
+}
+
+/// Where answers to one authorization request go.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    redirect_uri: &'a str,
+    state: Option<&'a str>,
+    via: Via,
+}
+
+/// A redirect to the client with `params`, then `state` (when the client sent one) and
+/// `iss` (RFC 9207), appended to the registered URI's own query.
+fn redirect(app: &AppState, t: &Target<'_>, params: &[(&str, &str)]) -> Response {
+    let Ok(mut url) = url::Url::parse(t.redirect_uri) else {
+        // Registered URIs are validated as absolute URLs when stored.
+        tracing::error!("a registered redirect URI does not parse");
+        return pages::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot return to the application",
+            "The application's registered redirect URI cannot be used. Tell its operator.",
+        );
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+        if let Some(s) = t.state {
+            q.append_pair("state", s);
+        }
+        q.append_pair("iss", app.config.issuer_str());
+    }
+    let Ok(location) = HeaderValue::from_str(url.as_str()) else {
+        return pages::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot return to the application",
+            "The redirect could not be built. Tell the application's operator.",
+        );
+    };
+    let status = match t.via {
+        Via::Get => StatusCode::FOUND,
+        Via::Post => StatusCode::SEE_OTHER,
+    };
+    let mut resp = status.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// An error redirect (RFC 6749 §4.1.2.1). The description is reduced to the characters
+/// RFC 6749 allows in `error_description` (printable ASCII except `"` and `\`).
+fn error_redirect(app: &AppState, t: &Target<'_>, error: &str, description: &str) -> Response {
+    let description: String = description
+        .chars()
+        .filter(|&c| (c == ' ' || c.is_ascii_graphic()) && c != '"' && c != '\\')
+        .take(300)
+        .collect();
+    redirect(
+        app,
+        t,
+        &[
+            ("error", error),
+            ("error_description", description.as_str()),
+        ],
+    )
+}
+
+/// A store error as an error redirect, mapped as RFC 6749 §4.1.2.1 lists.
+fn store_error_redirect(app: &AppState, t: &Target<'_>, e: &CoreError) -> Response {
+    let (error, description) = match e {
+        CoreError::InvalidScope { .. } => ("invalid_scope", e.to_string()),
+        CoreError::UnauthorizedClient { .. } => ("unauthorized_client", e.to_string()),
+        CoreError::InvalidInput { .. } => ("invalid_request", e.to_string()),
+        _ if e.is_temporary() => {
+            tracing::warn!(code = e.code(), error = %e, "temporary store error");
+            (
+                "temporarily_unavailable",
+                "the server is temporarily unavailable: try again".to_owned(),
+            )
+        }
+        _ => {
+            tracing::error!(code = e.code(), error = %e, "store error");
+            ("server_error", format!("internal error {}", e.code()))
+        }
+    };
+    error_redirect(app, t, error, &description)
+}
+
+// ----- pages for errors that must not redirect -----------------------------------------
+
+fn bad_request(message: &str) -> Response {
+    pages::error(StatusCode::BAD_REQUEST, "Invalid request", message)
+}
+
+/// A store error as a page (where no redirect is possible or safe).
+fn store_error_page(e: &CoreError) -> Response {
+    match e {
+        CoreError::Inactive { .. } | CoreError::MalformedToken { .. } => pages::expired(),
+        CoreError::TooManyAttempts { retry_after } => pages::too_many(retry_after.as_secs()),
+        CoreError::NotFound { .. }
+        | CoreError::InvalidInput { .. }
+        | CoreError::InvalidScope { .. }
+        | CoreError::UnauthorizedClient { .. }
+        | CoreError::InvalidClient
+        | CoreError::InvalidGrant { .. }
+        | CoreError::InvalidCredentials => bad_request(&format!(
+            "The request was refused: {e}. Return to the application and start again."
+        )),
+        _ if e.is_temporary() => {
+            tracing::warn!(code = e.code(), error = %e, "temporary store error");
+            let mut resp = pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "The service is temporarily unavailable. Try again in a moment.",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            resp
+        }
+        _ => {
+            tracing::error!(code = e.code(), error = %e, "store error");
+            pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                &format!("Internal error {}. Try again later.", e.code()),
+            )
+        }
+    }
+}
+
+fn unavailable() -> Response {
+    let mut resp = pages::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "The service is temporarily unavailable. Try again in a moment.",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+    resp
+}
+
+// ----- shared pieces ---------------------------------------------------------------------
+
+/// The issuer's path without a trailing `/`: the forms post under it.
+fn base_path(app: &AppState) -> &str {
+    app.config.issuer.path().trim_end_matches('/')
+}
+
+fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(c) = cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// The browser's login session, if its cookie names a valid one.
+async fn current_login(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<LoginSession>, Response> {
+    let Some(handle) = cookies::get(headers, cookies::session_name(app.secure_cookies)) else {
+        return Ok(None);
+    };
+    match app.store.validate_login_session(handle).await {
+        Ok(s) => Ok(Some(s)),
+        Err(CoreError::Inactive { .. } | CoreError::MalformedToken { .. }) => Ok(None),
+        Err(e) => Err(store_error_page(&e)),
+    }
+}
+
+/// The pending authorization session of a form's handle.
+async fn pending(app: &AppState, handle: &str) -> Result<AuthorizationSession, Response> {
+    app.store
+        .authorization_session(handle)
+        .await
+        .map_err(|e| store_error_page(&e))
+}
+
+/// A client by id for a page; a client deleted meanwhile means the request is over.
+async fn client_for_page(app: &AppState, id: ClientId) -> Result<Client, Response> {
+    match app.store.client(id).await {
+        Ok(c) => Ok(c),
+        Err(CoreError::NotFound { .. }) => Err(pages::expired()),
+        Err(e) => Err(store_error_page(&e)),
+    }
+}
+
+/// The user agent to record with a login session: visible ASCII, at most 512 bytes.
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    let ua = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    let ua: String = ua.chars().filter(|c| !c.is_control()).take(512).collect();
+    let ua = ua.trim();
+    (!ua.is_empty()).then(|| ua.to_owned())
+}
+
+/// A form request: its headers, its peer address (from [`crate::serve`]'s connection info)
+/// and its body, read whole and parsed strictly.
+struct FormRequest {
+    headers: HeaderMap,
+    peer: Option<IpAddr>,
+    form: FormParams,
+}
+
+async fn read_form(app: &AppState, req: Request) -> Result<FormRequest, Response> {
+    let (mut parts, body) = req.into_parts();
+    // The extractor also honours `MockConnectInfo` (tests).
+    let peer = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, app)
+        .await
+        .ok()
+        .map(|c| c.0.ip());
+    let bytes = axum::body::to_bytes(body, app.config.max_body_bytes)
+        .await
+        .map_err(|_| {
+            pages::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Form too large",
+                "The form could not be read.",
+            )
+        })?;
+    let form = FormParams::from_body(&parts.headers, &bytes).map_err(|e| {
+        bad_request(&format!(
+            "The form is malformed: {}. Return to the application and start again.",
+            e.0
+        ))
+    })?;
+    Ok(FormRequest {
+        headers: parts.headers,
+        peer,
+        form,
+    })
+}
+
+/// Everything the login and consent pages need about the request in flight.
+struct Flow<'a> {
+    app: &'a AppState,
+    handle: &'a str,
+    csrf_cookie: &'a str,
+    session: &'a AuthorizationSession,
+    client: &'a Client,
+}
+
+impl Flow<'_> {
+    fn csrf_token(&self) -> String {
+        csrf::token(&self.app.csrf_key, self.csrf_cookie, self.handle)
+    }
+
+    /// The forms' context. Their `form-action` allows the client's origin: after a form,
+    /// the browser follows a redirect to it.
+    fn form_context<'t>(&'t self, csrf_token: &'t str) -> FormContext<'t> {
+        FormContext {
+            base_path: base_path(self.app),
+            client_name: &self.client.name,
+            handle: self.handle,
+            csrf: csrf_token,
+            target: FormTarget::SelfAnd(pages::csp_source_of(self.session.redirect_uri.as_str())),
+        }
+    }
+
+    fn target(&self, via: Via) -> Target<'_> {
+        Target {
+            redirect_uri: self.session.redirect_uri.as_str(),
+            state: self.session.state.as_deref(),
+            via,
+        }
+    }
+
+    fn login_page(
+        &self,
+        status: StatusCode,
+        message: Option<&str>,
+        force_consent: bool,
+    ) -> Response {
+        let token = self.csrf_token();
+        let ctx = self.form_context(&token);
+        pages::login(status, &ctx, message, force_consent)
+    }
+
+    /// After the subject is attached: issue at once when a remembered consent covers the
+    /// scope (and the client did not ask for the consent page), else show the consent page,
+    /// or with `prompt=none` answer `consent_required`.
+    async fn after_login(
+        &self,
+        user: UserId,
+        subject: &Subject,
+        force_consent: bool,
+        no_ui: bool,
+        via: Via,
+    ) -> Response {
+        let remembered = match self
+            .app
+            .store
+            .consent(self.session.client_id, subject)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return store_error_page(&e),
+        };
+        let covered = remembered.is_some_and(|c| self.session.scope.is_subset(&c.scope));
+        if covered && !force_consent {
+            return issue(self.app, self.handle, via).await;
+        }
+        if no_ui {
+            // Best effort: the session dies with its lifetime anyway.
+            let _ = self
+                .app
+                .store
+                .expire_authorization_session(self.handle)
+                .await;
+            return error_redirect(
+                self.app,
+                &self.target(via),
+                "consent_required",
+                "the user has not approved this client for the requested scope",
+            );
+        }
+        let username = match self.app.store.user(user).await {
+            Ok(u) => u.username,
+            Err(e) => return store_error_page(&e),
+        };
+        let token = self.csrf_token();
+        let ctx = self.form_context(&token);
+        pages::consent(&ctx, &username, self.session.scope.iter())
+    }
+}
+
+/// Completes the session (exactly once) and redirects with a fresh code.
+async fn issue(app: &AppState, handle: &str, via: Via) -> Response {
+    match app.store.complete_authorization_session(handle).await {
+        Ok(s) => issue_for(app, &s, via).await,
+        Err(e) => store_error_page(&e),
+    }
+}
+
+/// Issues the code of a completed session and redirects with it.
+async fn issue_for(app: &AppState, s: &AuthorizationSession, via: Via) -> Response {
+    let Some(subject) = s.subject.clone() else {
+        // Completion requires a subject; a session without one is not ours to finish.
+        return pages::expired();
+    };
+    let t = Target {
+        redirect_uri: s.redirect_uri.as_str(),
+        state: s.state.as_deref(),
+        via,
+    };
+    let req = CodeRequest {
+        client_id: s.client_id,
+        subject,
+        redirect_uri: s.redirect_uri.as_str().to_owned(),
+        scope: s.scope.clone(),
+        code_challenge: s.code_challenge.clone(),
+        nonce: s.nonce.clone(),
+        auth: AuthContext {
+            amr: vec!["pwd".to_owned()],
+            ..AuthContext::default()
+        },
+    };
+    match app.store.issue_code(req).await {
+        Ok(code) => {
+            tracing::debug!(client_id = %s.client_id, "authorization code issued");
+            redirect(app, &t, &[("code", code.code.secret())])
+        }
+        Err(e) => store_error_redirect(app, &t, &e),
+    }
+}
+
+// ----- GET /authorize --------------------------------------------------------------------
+
+/// What the client's `prompt` asks for (OpenID Connect Core §3.1.2.1; other values are
+/// ignored).
+#[derive(Debug, Default, Clone, Copy)]
+struct Prompt {
+    none: bool,
+    login: bool,
+    consent: bool,
+}
+
+impl Prompt {
+    fn parse(p: Option<&str>) -> Result<Self, &'static str> {
+        let mut out = Self::default();
+        for v in p.unwrap_or("").split(' ') {
+            match v {
+                "none" => out.none = true,
+                "login" => out.login = true,
+                "consent" => out.consent = true,
+                _ => {}
+            }
+        }
+        if out.none && (out.login || out.consent) {
+            return Err("prompt=none cannot be combined with login or consent");
+        }
+        Ok(out)
+    }
+}
+
+async fn authorize(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    // 1. Until the client and redirect URI are known good, errors are pages, never
+    //    redirects.
+    let params = match FormParams::from_query(uri.query()) {
+        Ok(p) => p,
+        Err(e) => {
+            return bad_request(&format!(
+                "The authorization request is malformed: {}. Return to the application and \
+                 start again.",
+                e.0
+            ));
+        }
+    };
+    let unknown = || {
+        bad_request(
+            "The application that sent you here is not registered (unknown client_id). \
+             Tell its operator.",
+        )
+    };
+    let Some(client_id) = params.get("client_id") else {
+        return bad_request("The authorization request has no client_id.");
+    };
+    let Ok(client_id) = client_id.parse::<ClientId>() else {
+        return unknown();
+    };
+    let client = match app.store.client(client_id).await {
+        Ok(c) => c,
+        Err(CoreError::NotFound { .. }) => return unknown(),
+        Err(e) => return store_error_page(&e),
+    };
+    if client.disabled {
+        return bad_request("The application that sent you here is disabled.");
+    }
+    let redirect_uri = match params.get("redirect_uri") {
+        Some(u) => match client.redirect_uri(u) {
+            Some(r) => r.as_str().to_owned(),
+            None => {
+                return bad_request(
+                    "The redirect_uri is not registered for this application (an exact match \
+                     is required). Tell its operator.",
+                );
+            }
+        },
+        None => match client.redirect_uris.as_slice() {
+            [only] => only.as_str().to_owned(),
+            _ => {
+                return bad_request(
+                    "The authorization request has no redirect_uri, and this application has \
+                     more than one registered: it must say which.",
+                );
+            }
+        },
+    };
+
+    // 2. From here on, errors go back to the client.
+    let state_param = params.get("state");
+    let t = Target {
+        redirect_uri: &redirect_uri,
+        state: state_param,
+        via: Via::Get,
+    };
+    match params.get("response_type") {
+        Some("code") => {}
+        None => return error_redirect(&app, &t, "invalid_request", "response_type is missing"),
+        Some(_) => {
+            return error_redirect(
+                &app,
+                &t,
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            );
+        }
+    }
+    // No scope asks for everything the client may have.
+    let scope = match params.get("scope") {
+        Some(s) => match Scopes::parse(s) {
+            Ok(s) => s,
+            Err(e) => return error_redirect(&app, &t, "invalid_scope", &e.to_string()),
+        },
+        None => client.scopes.clone(),
+    };
+    let challenge = match (
+        params.get("code_challenge"),
+        params.get("code_challenge_method"),
+    ) {
+        (None, None) => None,
+        (Some(c), Some("S256")) => match PkceChallenge::s256(c) {
+            Ok(p) => Some(p),
+            Err(e) => return error_redirect(&app, &t, "invalid_request", &e.to_string()),
+        },
+        (Some(_), None) => {
+            return error_redirect(
+                &app,
+                &t,
+                "invalid_request",
+                "code_challenge_method is required and must be S256",
+            );
+        }
+        (_, Some(_)) if params.get("code_challenge").is_none() => {
+            return error_redirect(
+                &app,
+                &t,
+                "invalid_request",
+                "code_challenge_method was sent without code_challenge",
+            );
+        }
+        (_, Some(_)) => {
+            return error_redirect(
+                &app,
+                &t,
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is not accepted, RFC 9700 2.1.1)",
+            );
+        }
+    };
+    if client.client_type == ClientType::Public && challenge.is_none() {
+        return error_redirect(
+            &app,
+            &t,
+            "invalid_request",
+            "PKCE is required for public clients: send code_challenge with \
+             code_challenge_method=S256",
+        );
+    }
+    let prompt = match Prompt::parse(params.get("prompt")) {
+        Ok(p) => p,
+        Err(d) => return error_redirect(&app, &t, "invalid_request", d),
+    };
+    let (session, handle) = match app
+        .store
+        .create_authorization_session(NewAuthorizationSession {
+            client_id: client.id,
+            redirect_uri: redirect_uri.clone(),
+            scope,
+            state: state_param.map(str::to_owned),
+            code_challenge: challenge,
+            nonce: params.get("nonce").map(str::to_owned),
+        })
+        .await
+    {
+        Ok(x) => x,
+        Err(e) => return store_error_redirect(&app, &t, &e),
+    };
+    let handle = handle.secret();
+
+    // 3. The browser: its CSRF cookie (made now if absent) and its login session.
+    let csrf_name = cookies::csrf_name(app.secure_cookies);
+    let (csrf_cookie, set_csrf) = match cookies::get(&headers, csrf_name) {
+        Some(c) if csrf::well_formed(c) => (c.to_owned(), None),
+        _ => match csrf::new_cookie() {
+            Some(c) => {
+                let set = cookies::set(csrf_name, &c, None, app.secure_cookies);
+                (c, set)
+            }
+            None => {
+                tracing::error!("the operating system's random source failed");
+                return unavailable();
+            }
+        },
+    };
+    let login = match current_login(&app, &headers).await {
+        Ok(l) => l,
+        Err(resp) => return resp,
+    };
+    let flow = Flow {
+        app: &app,
+        handle,
+        csrf_cookie: &csrf_cookie,
+        session: &session,
+        client: &client,
+    };
+
+    // 4. Signed in (and not asked to sign in again): on to consent. Else the login page.
+    let resp = match login.filter(|_| !prompt.login) {
+        Some(ls) => {
+            let subject = subject_of(ls.user);
+            if let Err(e) = app.store.attach_subject(handle, &subject).await {
+                return store_error_page(&e);
+            }
+            flow.after_login(ls.user, &subject, prompt.consent, prompt.none, Via::Get)
+                .await
+        }
+        None if prompt.none => {
+            let _ = app.store.expire_authorization_session(handle).await;
+            return error_redirect(&app, &t, "login_required", "the user is not signed in");
+        }
+        None => flow.login_page(StatusCode::OK, None, prompt.consent),
+    };
+    with_cookie(resp, set_csrf)
+}
+
+// ----- POST /authorize/login -------------------------------------------------------------
+
+async fn login(State(app): State<AppState>, req: Request) -> Response {
+    let FormRequest {
+        headers,
+        peer: ip,
+        form,
+    } = match read_form(&app, req).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    // CSRF first: a forged form changes nothing and costs no password check.
+    let csrf_cookie = cookies::get(&headers, cookies::csrf_name(app.secure_cookies));
+    let Some(handle) = form.get("handle") else {
+        return pages::csrf_failed();
+    };
+    if !csrf::verify(&app.csrf_key, csrf_cookie, handle, form.get("csrf")) {
+        return pages::csrf_failed();
+    }
+    let Some(csrf_cookie) = csrf_cookie else {
+        return pages::csrf_failed();
+    };
+    if let Err(secs) = app.limits.check_login(ip) {
+        metrics::login("rate_limited");
+        return pages::too_many(secs);
+    }
+    let session = match pending(&app, handle).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let client = match client_for_page(&app, session.client_id).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let flow = Flow {
+        app: &app,
+        handle,
+        csrf_cookie,
+        session: &session,
+        client: &client,
+    };
+    let force_consent = form.get("prompt") == Some("consent");
+    let (Some(username), Some(password)) = (form.get("username"), form.get("password")) else {
+        return flow.login_page(
+            StatusCode::BAD_REQUEST,
+            Some("Enter your username and your password."),
+            force_consent,
+        );
+    };
+    let password = Password::new(password.to_owned());
+    let user = match app.store.login(username, &password, ip).await {
+        Ok(u) => u,
+        Err(CoreError::InvalidCredentials) => {
+            metrics::login("failure");
+            return flow.login_page(
+                StatusCode::UNAUTHORIZED,
+                Some("Wrong username or password."),
+                force_consent,
+            );
+        }
+        Err(CoreError::TooManyAttempts { retry_after }) => {
+            metrics::login("locked");
+            return pages::too_many(retry_after.as_secs());
+        }
+        Err(e) => return store_error_page(&e),
+    };
+    drop(password);
+    metrics::login("success");
+    let ua = user_agent(&headers);
+    let cookie = match app
+        .store
+        .create_login_session(user.id, ip, ua.as_deref())
+        .await
+    {
+        Ok((_, secret)) => cookies::set(
+            cookies::session_name(app.secure_cookies),
+            secret.secret(),
+            Some(app.store.config().lifetimes.login_session.as_secs()),
+            app.secure_cookies,
+        ),
+        Err(e) => return store_error_page(&e),
+    };
+    let subject = user.subject();
+    let resp = match app.store.attach_subject(handle, &subject).await {
+        // The login worked even when this request is over: keep the session either way.
+        Err(e) => store_error_page(&e),
+        Ok(()) => {
+            flow.after_login(user.id, &subject, force_consent, false, Via::Post)
+                .await
+        }
+    };
+    with_cookie(resp, cookie)
+}
+
+// ----- POST /authorize/consent -----------------------------------------------------------
+
+async fn consent(State(app): State<AppState>, req: Request) -> Response {
+    let FormRequest { headers, form, .. } = match read_form(&app, req).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let csrf_cookie = cookies::get(&headers, cookies::csrf_name(app.secure_cookies));
+    let Some(handle) = form.get("handle") else {
+        return pages::csrf_failed();
+    };
+    if !csrf::verify(&app.csrf_key, csrf_cookie, handle, form.get("csrf")) {
+        return pages::csrf_failed();
+    }
+    let forbidden = || {
+        pages::error(
+            StatusCode::FORBIDDEN,
+            "Not signed in",
+            "You are not signed in as the account this request is for. Return to the \
+             application and start again.",
+        )
+    };
+    let login = match current_login(&app, &headers).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return forbidden(),
+        Err(resp) => return resp,
+    };
+    let session = match pending(&app, handle).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let subject = subject_of(login.user);
+    if session.subject.as_ref() != Some(&subject) {
+        return forbidden();
+    }
+    match form.get("decision") {
+        Some("approve") => {
+            // Complete first (compare-and-set): a second submit changes nothing, not even
+            // the remembered consent.
+            let s = match app.store.complete_authorization_session(handle).await {
+                Ok(s) => s,
+                Err(e) => return store_error_page(&e),
+            };
+            let t = Target {
+                redirect_uri: s.redirect_uri.as_str(),
+                state: s.state.as_deref(),
+                via: Via::Post,
+            };
+            if let Err(e) = app
+                .store
+                .record_consent(s.client_id, &subject, &s.scope)
+                .await
+            {
+                return store_error_redirect(&app, &t, &e);
+            }
+            issue_for(&app, &s, Via::Post).await
+        }
+        Some("deny") => {
+            if let Err(e) = app.store.expire_authorization_session(handle).await {
+                return store_error_page(&e);
+            }
+            let t = Target {
+                redirect_uri: session.redirect_uri.as_str(),
+                state: session.state.as_deref(),
+                via: Via::Post,
+            };
+            error_redirect(&app, &t, "access_denied", "the user denied the request")
+        }
+        _ => bad_request("Choose Approve or Deny."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use authstore_core::{
+        AuditKind, AuditQuery, Client, ClientId, CodeRedemption, NewClient, NewUser, Password,
+        PkceChallenge, RedirectUri, Scopes, TokenOptions, User,
+    };
+
+    use crate::RateLimit;
+    use crate::testing::{TestResponse, TestServer};
+
+    const REDIRECT: &str = "https://app.example/cb";
+    const PASSWORD: &str = "correct horse battery staple";
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const ISSUER: &str = "http://127.0.0.1:8080";
+
+    /// A browser: keeps the cookies the server sets and sends them back.
+    struct Browser<'a> {
+        srv: &'a TestServer,
+        cookies: Vec<(String, String)>,
+    }
+
+    impl<'a> Browser<'a> {
+        fn new(srv: &'a TestServer) -> Self {
+            Self {
+                srv,
+                cookies: Vec::new(),
+            }
+        }
+
+        fn cookie(&self, name: &str) -> Option<&str> {
+            self.cookies
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        }
+
+        fn cookie_header(&self) -> String {
+            self.cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+
+        fn keep(&mut self, resp: &TestResponse) {
+            for v in resp.headers.get_all("set-cookie") {
+                let v = v.to_str().unwrap();
+                let (k, rest) = v.split_once('=').unwrap();
+                let value = rest.split(';').next().unwrap();
+                self.cookies.retain(|(n, _)| n != k);
+                self.cookies.push((k.to_owned(), value.to_owned()));
+            }
+        }
+
+        async fn get(&mut self, path: &str) -> TestResponse {
+            let c = self.cookie_header();
+            let resp = if c.is_empty() {
+                self.srv.get(path, &[]).await
+            } else {
+                self.srv.get(path, &[("cookie", &c)]).await
+            };
+            self.keep(&resp);
+            resp
+        }
+
+        async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> TestResponse {
+            let body = encode(fields);
+            let c = self.cookie_header();
+            let resp = if c.is_empty() {
+                self.srv.post_form(path, &body, &[]).await
+            } else {
+                self.srv.post_form(path, &body, &[("cookie", &c)]).await
+            };
+            self.keep(&resp);
+            resp
+        }
+    }
+
+    fn encode(fields: &[(&str, &str)]) -> String {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in fields {
+            s.append_pair(k, v);
+        }
+        s.finish()
+    }
+
+    fn authz(fields: &[(&str, &str)]) -> String {
+        format!("/authorize?{}", encode(fields))
+    }
+
+    /// A PKCE request of the public client for `read`, with `state=xyz`.
+    fn public_request(client: &Client, extra: &[(&str, &str)]) -> String {
+        let challenge = PkceChallenge::from_verifier(VERIFIER).unwrap().challenge;
+        let id = client.id.to_string();
+        let mut f = vec![
+            ("response_type", "code"),
+            ("client_id", id.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("scope", "read"),
+            ("state", "xyz"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        f.extend_from_slice(extra);
+        authz(&f)
+    }
+
+    fn hidden(body: &str, name: &str) -> String {
+        let pat = format!("name=\"{name}\" value=\"");
+        let i = body
+            .find(&pat)
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            + pat.len();
+        let j = body[i..].find('"').unwrap();
+        body[i..i + j].to_owned()
+    }
+
+    fn location(resp: &TestResponse) -> (url::Url, HashMap<String, String>) {
+        let url = url::Url::parse(resp.header("location").expect("a Location")).unwrap();
+        let q = url.query_pairs().into_owned().collect();
+        (url, q)
+    }
+
+    async fn user(srv: &TestServer, name: &str) -> User {
+        let u = srv.store.create_user(NewUser::new(name)).await.unwrap();
+        srv.store
+            .set_password(u.id, &Password::new(PASSWORD.to_owned()), false)
+            .await
+            .unwrap();
+        u
+    }
+
+    async fn public_client(srv: &TestServer, name: &str, scopes: &str) -> Client {
+        srv.store
+            .create_client(
+                NewClient::public(name, RedirectUri::new(REDIRECT).unwrap())
+                    .scopes(Scopes::parse(scopes).unwrap()),
+            )
+            .await
+            .unwrap()
+            .client
+    }
+
+    async fn count(srv: &TestServer, kind: AuditKind) -> usize {
+        srv.store
+            .audit_events(&AuditQuery {
+                kind: Some(kind),
+                limit: Some(1000),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    }
+
+    /// GET the request, sign in as `username`: the answer to the login form.
+    async fn sign_in(b: &mut Browser<'_>, url: &str, username: &str) -> TestResponse {
+        let page = b.get(url).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains("Sign in"), "{}", page.body);
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        let mut fields = vec![
+            ("handle", handle.as_str()),
+            ("csrf", csrf.as_str()),
+            ("username", username),
+            ("password", PASSWORD),
+        ];
+        // Like a browser: every hidden field of the form goes back.
+        if page.body.contains("name=\"prompt\" value=\"consent\"") {
+            fields.push(("prompt", "consent"));
+        }
+        b.post("/authorize/login", &fields).await
+    }
+
+    async fn decide(b: &mut Browser<'_>, consent_page: &TestResponse, d: &str) -> TestResponse {
+        let handle = hidden(&consent_page.body, "handle");
+        let csrf = hidden(&consent_page.body, "csrf");
+        b.post(
+            "/authorize/consent",
+            &[("handle", &handle), ("csrf", &csrf), ("decision", d)],
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn full_flow_public_client_with_pkce() {
+        let srv = TestServer::new();
+        let alice = user(&srv, "alice").await;
+        let client = public_client(&srv, "Photo App", "read write").await;
+        let mut b = Browser::new(&srv);
+
+        let page = b.get(&public_request(&client, &[])).await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("Photo App"));
+        assert!(page.body.contains("action=\"/authorize/login\""));
+        assert!(b.cookie("authstore_csrf").is_some());
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        let consent = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &handle),
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        assert!(consent.body.contains("<li><code>read</code></li>"));
+        assert!(!consent.body.contains("<code>write</code>"));
+        assert!(consent.body.contains("Signed in as alice"));
+        assert!(consent.body.contains("action=\"/authorize/consent\""));
+        assert!(b.cookie("authstore_session").unwrap().starts_with("ls_"));
+
+        let done = decide(&mut b, &consent, "approve").await;
+        assert_eq!(done.status, 303, "{}", done.body);
+        let (url, q) = location(&done);
+        assert_eq!(url.as_str().split('?').next(), Some(REDIRECT));
+        assert_eq!(q["state"], "xyz");
+        assert_eq!(q["iss"], ISSUER);
+        assert!(!q.contains_key("error"));
+        let tokens = srv
+            .store
+            .redeem_code(CodeRedemption {
+                code: &q["code"],
+                client_id: client.id,
+                redirect_uri: Some(REDIRECT),
+                code_verifier: Some(VERIFIER),
+                options: &TokenOptions::default(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(tokens.scope.to_string(), "read");
+        let at = srv
+            .store
+            .validate_access_token(tokens.access_token.secret())
+            .await
+            .unwrap();
+        assert_eq!(at.subject, Some(alice.subject()));
+        assert_eq!(at.auth.amr, vec!["pwd".to_owned()]);
+        let consent = srv
+            .store
+            .consent(client.id, &alice.subject())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(consent.scope.to_string(), "read");
+    }
+
+    #[tokio::test]
+    async fn full_flow_confidential_client_keeps_the_registered_query() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let registered = "https://conf.example/cb?tenant=7";
+        let created = srv
+            .store
+            .create_client(
+                NewClient::confidential("Back Office")
+                    .redirect_uri(RedirectUri::new(registered).unwrap())
+                    .scopes(Scopes::parse("read write").unwrap()),
+            )
+            .await
+            .unwrap();
+        let id = created.client.id.to_string();
+        let mut b = Browser::new(&srv);
+        // No redirect_uri (one registered), no scope (all the client's), no state, no PKCE.
+        let url = authz(&[("response_type", "code"), ("client_id", &id)]);
+        let consent = sign_in(&mut b, &url, "alice").await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        assert!(consent.body.contains("<code>read</code>"));
+        assert!(consent.body.contains("<code>write</code>"));
+        let csp = consent.header("content-security-policy").unwrap();
+        assert!(
+            csp.contains("form-action 'self' https://conf.example;")
+                || csp.ends_with("form-action 'self' https://conf.example")
+        );
+        let done = decide(&mut b, &consent, "approve").await;
+        assert_eq!(done.status, 303);
+        let (url, q) = location(&done);
+        assert!(
+            url.as_str()
+                .starts_with("https://conf.example/cb?tenant=7&code=")
+        );
+        assert_eq!(q["tenant"], "7");
+        assert!(!q.contains_key("state"));
+        assert_eq!(q["iss"], ISSUER);
+        let tokens = srv
+            .store
+            .redeem_code(CodeRedemption {
+                code: &q["code"],
+                client_id: created.client.id,
+                redirect_uri: Some(registered),
+                code_verifier: None,
+                options: &TokenOptions::default(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(tokens.scope.to_string(), "read write");
+        assert!(tokens.refresh_token.is_some());
+    }
+
+    #[tokio::test]
+    async fn remembered_consent_skips_the_page_and_prompt_consent_shows_it() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read write").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(decide(&mut b, &consent, "approve").await.status, 303);
+
+        // Signed in and consented: straight back with a code, no page.
+        let again = b.get(&public_request(&client, &[])).await;
+        assert_eq!(again.status, 302, "{}", again.body);
+        let (_, q) = location(&again);
+        assert!(q["code"].starts_with("ac_"));
+        assert_eq!(q["state"], "xyz");
+        assert_eq!(q["iss"], ISSUER);
+
+        // prompt=consent shows the page anyway.
+        let forced = b
+            .get(&public_request(&client, &[("prompt", "consent")]))
+            .await;
+        assert_eq!(forced.status, 200);
+        assert!(forced.body.contains("Approve"));
+        assert!(forced.header("location").is_none());
+
+        // A wider scope than remembered asks again.
+        let wider = b
+            .get(&public_request(&client, &[]).replace("scope=read", "scope=read+write"))
+            .await;
+        assert_eq!(wider.status, 200);
+        assert!(wider.body.contains("<code>write</code>"));
+
+        // prompt=login shows the login page although signed in.
+        let relogin = b
+            .get(&public_request(&client, &[("prompt", "login")]))
+            .await;
+        assert_eq!(relogin.status, 200);
+        assert!(relogin.body.contains("name=\"password\""));
+
+        // prompt=consent survives the login form of a browser that is not signed in.
+        let mut fresh = Browser::new(&srv);
+        let forced = sign_in(
+            &mut fresh,
+            &public_request(&client, &[("prompt", "consent")]),
+            "alice",
+        )
+        .await;
+        assert_eq!(forced.status, 200);
+        assert!(forced.body.contains("Approve"));
+        // And without it, the remembered consent applies right after login.
+        let mut fresh = Browser::new(&srv);
+        let direct = sign_in(&mut fresh, &public_request(&client, &[]), "alice").await;
+        assert_eq!(direct.status, 303, "{}", direct.body);
+        assert!(location(&direct).1.contains_key("code"));
+        assert!(fresh.cookie("authstore_session").is_some());
+    }
+
+    #[tokio::test]
+    async fn deny_redirects_with_access_denied_and_ends_the_request() {
+        let srv = TestServer::new();
+        let alice = user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        let denied = decide(&mut b, &consent, "deny").await;
+        assert_eq!(denied.status, 303);
+        let (_, q) = location(&denied);
+        assert_eq!(q["error"], "access_denied");
+        assert_eq!(q["state"], "xyz");
+        assert_eq!(q["iss"], ISSUER);
+        assert!(!q.contains_key("code"));
+        // The request is over: approving it now gets the expired page, and no consent.
+        let late = decide(&mut b, &consent, "approve").await;
+        assert_eq!(late.status, 400);
+        assert!(late.body.contains("expired"));
+        assert!(late.header("location").is_none());
+        assert!(
+            srv.store
+                .consent(client.id, &alice.subject())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(count(&srv, AuditKind::CodeIssued).await, 0);
+    }
+
+    #[tokio::test]
+    async fn bad_client_or_redirect_uri_gets_a_page_never_a_redirect() {
+        let srv = TestServer::new();
+        let client = public_client(&srv, "App", "read").await;
+        let id = client.id.to_string();
+        let unknown = ClientId::from_uuid(uuid::Uuid::now_v7()).to_string();
+        let cases = [
+            authz(&[("response_type", "code"), ("client_id", &unknown)]),
+            authz(&[("response_type", "code"), ("client_id", "not-a-uuid")]),
+            authz(&[("response_type", "code"), ("redirect_uri", REDIRECT)]),
+            authz(&[
+                ("response_type", "code"),
+                ("client_id", &id),
+                ("redirect_uri", "https://evil.example/cb"),
+            ]),
+            authz(&[
+                ("response_type", "code"),
+                ("client_id", &id),
+                ("redirect_uri", "https://app.example/cb/"),
+            ]),
+            // Repeated parameters are refused before anything else.
+            format!("/authorize?client_id={id}&client_id={id}&response_type=code"),
+            format!(
+                "{}&state=a&state=b",
+                public_request(&client, &[]).replace("state=xyz&", "")
+            ),
+            "/authorize?client_id=%FF".to_owned(),
+        ];
+        for url in &cases {
+            let r = srv.get(url, &[]).await;
+            assert_eq!(r.status, 400, "{url}: {}", r.body);
+            assert!(r.header("location").is_none(), "{url}");
+            assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        }
+        srv.store.disable_client(client.id).await.unwrap();
+        let r = srv.get(&public_request(&client, &[]), &[]).await;
+        assert_eq!(r.status, 400);
+        assert!(r.header("location").is_none());
+        assert_eq!(count(&srv, AuditKind::AuthorizationSessionCreated).await, 0);
+    }
+
+    #[tokio::test]
+    async fn request_errors_redirect_to_the_client() {
+        let srv = TestServer::new();
+        let client = public_client(&srv, "App", "read write").await;
+        let id = client.id.to_string();
+        let expect = |r: &TestResponse, error: &str| {
+            assert_eq!(r.status, 302, "{}", r.body);
+            let (url, q) = location(r);
+            assert!(url.as_str().starts_with(REDIRECT));
+            assert_eq!(q["error"], error, "{:?}", q);
+            assert!(q.contains_key("error_description"));
+            assert_eq!(q["iss"], ISSUER);
+            assert!(!q.contains_key("code"));
+        };
+        let r = srv
+            .get(
+                &public_request(&client, &[]).replace("response_type=code", "response_type=token"),
+                &[],
+            )
+            .await;
+        expect(&r, "unsupported_response_type");
+        assert_eq!(location(&r).1["state"], "xyz");
+        // Public client without PKCE.
+        let r = srv
+            .get(
+                &authz(&[
+                    ("response_type", "code"),
+                    ("client_id", &id),
+                    ("state", "s1"),
+                ]),
+                &[],
+            )
+            .await;
+        expect(&r, "invalid_request");
+        assert_eq!(location(&r).1["state"], "s1");
+        // plain is refused, and so is a challenge without a method (which means plain).
+        let challenge = PkceChallenge::from_verifier(VERIFIER).unwrap().challenge;
+        for method in [Some("plain"), None, Some("S512")] {
+            let mut f = vec![
+                ("response_type", "code"),
+                ("client_id", id.as_str()),
+                ("code_challenge", challenge.as_str()),
+            ];
+            if let Some(m) = method {
+                f.push(("code_challenge_method", m));
+            }
+            expect(&srv.get(&authz(&f), &[]).await, "invalid_request");
+        }
+        // A malformed challenge.
+        let r = srv
+            .get(
+                &public_request(&client, &[]).replace(&challenge, "short"),
+                &[],
+            )
+            .await;
+        expect(&r, "invalid_request");
+        // Scopes: malformed, and beyond the client's.
+        let r = srv
+            .get(
+                &public_request(&client, &[]).replace("scope=read", "scope=read%22"),
+                &[],
+            )
+            .await;
+        expect(&r, "invalid_scope");
+        let r = srv
+            .get(
+                &public_request(&client, &[]).replace("scope=read", "scope=admin"),
+                &[],
+            )
+            .await;
+        expect(&r, "invalid_scope");
+        // A missing response_type, and prompt=none with login.
+        let r = srv
+            .get(
+                &public_request(&client, &[]).replace("response_type=code&", ""),
+                &[],
+            )
+            .await;
+        expect(&r, "invalid_request");
+        let r = srv
+            .get(&public_request(&client, &[("prompt", "none login")]), &[])
+            .await;
+        expect(&r, "invalid_request");
+        // A state the store refuses (a control character) still comes back verbatim.
+        let r = srv
+            .get(
+                &public_request(&client, &[]).replace("state=xyz", "state=a%01b"),
+                &[],
+            )
+            .await;
+        expect(&r, "invalid_request");
+        assert_eq!(location(&r).1["state"], "a\u{1}b");
+        assert_eq!(count(&srv, AuditKind::AuthorizationSessionCreated).await, 0);
+    }
+
+    #[tokio::test]
+    async fn prompt_none() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let r = b.get(&public_request(&client, &[("prompt", "none")])).await;
+        assert_eq!(r.status, 302);
+        assert_eq!(location(&r).1["error"], "login_required");
+        assert_eq!(location(&r).1["state"], "xyz");
+
+        // Signed in (by a denied request) but never consented.
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(decide(&mut b, &consent, "deny").await.status, 303);
+        let r = b.get(&public_request(&client, &[("prompt", "none")])).await;
+        assert_eq!(r.status, 302);
+        assert_eq!(location(&r).1["error"], "consent_required");
+
+        // Consented: a code without any page.
+        let consent = b.get(&public_request(&client, &[])).await;
+        assert_eq!(decide(&mut b, &consent, "approve").await.status, 303);
+        let r = b.get(&public_request(&client, &[("prompt", "none")])).await;
+        assert_eq!(r.status, 302);
+        assert!(location(&r).1["code"].starts_with("ac_"));
+    }
+
+    #[tokio::test]
+    async fn wrong_password_is_401_without_a_session() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = b.get(&public_request(&client, &[])).await;
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        for username in ["alice", "nobody"] {
+            let r = b
+                .post(
+                    "/authorize/login",
+                    &[
+                        ("handle", &handle),
+                        ("csrf", &csrf),
+                        ("username", username),
+                        ("password", "wrong password!"),
+                    ],
+                )
+                .await;
+            assert_eq!(r.status, 401);
+            assert!(r.body.contains("Wrong username or password."));
+            assert!(r.header("set-cookie").is_none());
+            assert!(!r.body.contains("wrong password!"));
+            // The page is ready for another try.
+            assert_eq!(hidden(&r.body, "handle"), handle);
+            assert_eq!(hidden(&r.body, "csrf"), csrf);
+        }
+        assert!(b.cookie("authstore_session").is_none());
+        assert_eq!(count(&srv, AuditKind::LoginSessionCreated).await, 0);
+        // Missing fields: the form again, no attempt.
+        let before = srv.store.password_verifications().await.unwrap();
+        let r = b
+            .post(
+                "/authorize/login",
+                &[("handle", &handle), ("csrf", &csrf), ("username", "alice")],
+            )
+            .await;
+        assert_eq!(r.status, 400);
+        assert_eq!(srv.store.password_verifications().await.unwrap(), before);
+        // The right password then works.
+        let r = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &handle),
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert!(b.cookie("authstore_session").is_some());
+    }
+
+    #[tokio::test]
+    async fn locked_user_gets_429() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = b.get(&public_request(&client, &[])).await;
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        let mut statuses = Vec::new();
+        for _ in 0..7 {
+            let r = b
+                .post(
+                    "/authorize/login",
+                    &[
+                        ("handle", &handle),
+                        ("csrf", &csrf),
+                        ("username", "alice"),
+                        ("password", "not the password"),
+                    ],
+                )
+                .await;
+            statuses.push(r.status.as_u16());
+            if r.status == 429 {
+                assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+            }
+        }
+        assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
+    }
+
+    #[tokio::test]
+    async fn csrf_failures_are_403_and_change_nothing() {
+        let srv = TestServer::new();
+        let alice = user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut a = Browser::new(&srv);
+        let mut other = Browser::new(&srv);
+        let page = a.get(&public_request(&client, &[])).await;
+        other.get(&public_request(&client, &[])).await;
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        let a_cookie = a.cookie("authstore_csrf").unwrap().to_owned();
+        let other_cookie = other.cookie("authstore_csrf").unwrap().to_owned();
+        assert_ne!(a_cookie, other_cookie);
+        let before = srv.store.password_verifications().await.unwrap();
+        let wrong = crate::csrf::token(&[9; 32], &a_cookie, &handle);
+        // (the CSRF cookie sent, the form fields)
+        type Case<'a> = (Option<String>, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case<'_>> = vec![
+            // No token.
+            (Some(a_cookie.clone()), vec![("handle", &handle)]),
+            // A wrong token (another key).
+            (
+                Some(a_cookie.clone()),
+                vec![("handle", &handle), ("csrf", &wrong)],
+            ),
+            // The token with another browser's cookie.
+            (
+                Some(other_cookie.clone()),
+                vec![("handle", &handle), ("csrf", &csrf)],
+            ),
+            // No cookie at all.
+            (None, vec![("handle", &handle), ("csrf", &csrf)]),
+            // No handle.
+            (Some(a_cookie.clone()), vec![("csrf", &csrf)]),
+        ];
+        for (cookie, mut fields) in cases {
+            fields.push(("username", "alice"));
+            fields.push(("password", PASSWORD));
+            let body = encode(&fields);
+            let headers: Vec<(&str, String)> = cookie
+                .iter()
+                .map(|c| ("cookie", format!("authstore_csrf={c}")))
+                .collect();
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = srv.post_form("/authorize/login", &body, &headers).await;
+            assert_eq!(r.status, 403, "{fields:?}");
+            assert!(r.body.contains("came from another site"));
+            assert!(r.header("set-cookie").is_none());
+            let r = srv.post_form("/authorize/consent", &body, &headers).await;
+            assert_eq!(r.status, 403);
+        }
+        assert_eq!(srv.store.password_verifications().await.unwrap(), before);
+        for kind in [
+            AuditKind::LoginAttempted,
+            AuditKind::LoginFailed,
+            AuditKind::LoginSucceeded,
+            AuditKind::LoginSessionCreated,
+            AuditKind::AuthorizationSessionSubject,
+        ] {
+            assert_eq!(count(&srv, kind).await, 0, "{kind:?}");
+        }
+        // The real form still works afterwards.
+        let ok = a
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &handle),
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(ok.status, 200);
+        // A consent form needs the CSRF token too, and the signed-in user.
+        let forged = a
+            .post(
+                "/authorize/consent",
+                &[
+                    ("handle", &handle),
+                    ("csrf", &wrong),
+                    ("decision", "approve"),
+                ],
+            )
+            .await;
+        assert_eq!(forged.status, 403);
+        assert!(
+            srv.store
+                .consent(client.id, &alice.subject())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn consent_needs_the_sessions_own_user() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        user(&srv, "bob").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut alice = Browser::new(&srv);
+        let consent = sign_in(&mut alice, &public_request(&client, &[]), "alice").await;
+        let mut bob = Browser::new(&srv);
+        sign_in(&mut bob, &public_request(&client, &[]), "bob").await;
+        // Alice's form and CSRF cookie, Bob's login session.
+        let mut mixed = Browser::new(&srv);
+        mixed.cookies = vec![
+            (
+                "authstore_csrf".into(),
+                alice.cookie("authstore_csrf").unwrap().into(),
+            ),
+            (
+                "authstore_session".into(),
+                bob.cookie("authstore_session").unwrap().into(),
+            ),
+        ];
+        let r = decide(&mut mixed, &consent, "approve").await;
+        assert_eq!(r.status, 403);
+        // Without any login session.
+        mixed.cookies.truncate(1);
+        let r = decide(&mut mixed, &consent, "approve").await;
+        assert_eq!(r.status, 403);
+        assert_eq!(count(&srv, AuditKind::CodeIssued).await, 0);
+        // Alice herself can.
+        assert_eq!(decide(&mut alice, &consent, "approve").await.status, 303);
+    }
+
+    #[tokio::test]
+    async fn a_second_approve_issues_no_second_code() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        let first = decide(&mut b, &consent, "approve").await;
+        assert_eq!(first.status, 303);
+        let second = decide(&mut b, &consent, "approve").await;
+        assert_eq!(second.status, 400);
+        assert!(
+            second
+                .body
+                .contains("has expired; return to the application and start again")
+        );
+        assert!(second.header("location").is_none());
+        let deny = decide(&mut b, &consent, "deny").await;
+        assert_eq!(deny.status, 400);
+        assert_eq!(count(&srv, AuditKind::CodeIssued).await, 1);
+        assert_eq!(count(&srv, AuditKind::ConsentRecorded).await, 1);
+    }
+
+    #[tokio::test]
+    async fn an_expired_request_gets_the_expired_page() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = b.get(&public_request(&client, &[])).await;
+        srv.clock.advance(Duration::from_secs(601));
+        let before = srv.store.password_verifications().await.unwrap();
+        let r = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &hidden(&page.body, "handle")),
+                    ("csrf", &hidden(&page.body, "csrf")),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 400);
+        assert!(r.body.contains(
+            "This sign-in request has expired; return to the application and start again."
+        ));
+        assert_eq!(srv.store.password_verifications().await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn login_rate_limit_gives_429() {
+        let srv = TestServer::with_config(|c| c.login_rate_limit = RateLimit::per_second(1, 2));
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = b.get(&public_request(&client, &[])).await;
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        let form = [
+            ("handle", handle.as_str()),
+            ("csrf", csrf.as_str()),
+            ("username", "alice"),
+            ("password", "not the password"),
+        ];
+        assert_eq!(b.post("/authorize/login", &form).await.status, 401);
+        assert_eq!(b.post("/authorize/login", &form).await.status, 401);
+        let before = srv.store.password_verifications().await.unwrap();
+        let r = b.post("/authorize/login", &form).await;
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(srv.store.password_verifications().await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn cookies_over_http() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = b.get(&public_request(&client, &[])).await;
+        let set = page.header("set-cookie").unwrap();
+        assert!(set.starts_with("authstore_csrf="));
+        assert!(
+            set.contains("; HttpOnly")
+                && set.contains("; SameSite=Lax")
+                && set.contains("; Path=/")
+        );
+        assert!(!set.contains("Secure"));
+        assert_eq!(b.cookie("authstore_csrf").unwrap().len(), 43);
+        // Sent back, the cookie is kept, not replaced.
+        let again = b.get(&public_request(&client, &[])).await;
+        assert!(again.header("set-cookie").is_none());
+        let r = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &hidden(&again.body, "handle")),
+                    ("csrf", &hidden(&again.body, "csrf")),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        let set = r.header("set-cookie").unwrap();
+        assert!(set.starts_with("authstore_session=ls_"));
+        assert!(
+            set.contains("; HttpOnly")
+                && set.contains("; SameSite=Lax")
+                && set.contains("; Path=/")
+        );
+        assert!(set.contains("; Max-Age=1209600"));
+        assert!(!set.contains("Secure"));
+    }
+
+    #[tokio::test]
+    async fn cookies_and_paths_under_an_https_issuer() {
+        let srv = TestServer::with_config(|c| {
+            c.issuer = url::Url::parse("https://auth.example.com/tenant").unwrap();
+        });
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = b.get(&public_request(&client, &[])).await;
+        assert_eq!(page.status, 200);
+        let set = page.header("set-cookie").unwrap();
+        assert!(set.starts_with("__Host-authstore_csrf="));
+        assert!(set.contains("; Secure") && set.contains("; HttpOnly") && set.contains("; Path=/"));
+        assert!(page.body.contains("action=\"/tenant/authorize/login\""));
+        // A cookie without the prefix is not ours under https.
+        let plain = srv
+            .get(
+                &public_request(&client, &[]),
+                &[(
+                    "cookie",
+                    &format!(
+                        "authstore_csrf={}",
+                        b.cookie("__Host-authstore_csrf").unwrap()
+                    ),
+                )],
+            )
+            .await;
+        assert!(
+            plain
+                .header("set-cookie")
+                .unwrap()
+                .starts_with("__Host-authstore_csrf=")
+        );
+        let consent = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &hidden(&page.body, "handle")),
+                    ("csrf", &hidden(&page.body, "csrf")),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        let set = consent.header("set-cookie").unwrap();
+        assert!(set.starts_with("__Host-authstore_session=ls_"));
+        assert!(set.contains("; Secure") && set.contains("; HttpOnly"));
+        assert!(
+            consent
+                .body
+                .contains("action=\"/tenant/authorize/consent\"")
+        );
+        let done = decide(&mut b, &consent, "approve").await;
+        assert_eq!(location(&done).1["iss"], "https://auth.example.com/tenant");
+    }
+
+    #[tokio::test]
+    async fn interpolated_values_are_escaped() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let evil = "<script>alert(1)</script>";
+        let client = public_client(&srv, evil, &format!("read {evil}")).await;
+        let mut b = Browser::new(&srv);
+        let url = public_request(&client, &[])
+            .replace(
+                "scope=read",
+                &format!(
+                    "scope={}",
+                    encode(&[("s", &format!("read {evil}"))])[2..].to_owned()
+                ),
+            )
+            .replace("state=xyz", &encode(&[("state", evil)]));
+        let page = b.get(&url).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(!page.body.contains("<script>"));
+        assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        let consent = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &handle),
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        assert!(!consent.body.contains("<script>"));
+        assert!(
+            consent
+                .body
+                .contains("<li><code>&lt;script&gt;alert(1)&lt;/script&gt;</code></li>")
+        );
+        assert!(
+            consent
+                .body
+                .contains("<h1>Authorize &lt;script&gt;alert(1)&lt;/script&gt;</h1>")
+        );
+        let done = decide(&mut b, &consent, "approve").await;
+        let raw = done.header("location").unwrap();
+        assert!(!raw.contains('<') && !raw.contains('>'));
+        assert_eq!(location(&done).1["state"], evil);
+    }
+
+    #[tokio::test]
+    async fn pages_carry_the_security_headers() {
+        let srv = TestServer::new();
+        let client = public_client(&srv, "App", "read").await;
+        let page = srv.get(&public_request(&client, &[]), &[]).await;
+        let error = srv.get("/authorize?client_id=x", &[]).await;
+        for (r, form_action) in [
+            (&page, "form-action 'self' https://app.example"),
+            (&error, "form-action 'none'"),
+        ] {
+            let csp = r.header("content-security-policy").unwrap();
+            for d in [
+                "default-src 'none'",
+                "style-src 'sha256-",
+                "img-src 'none'",
+                "base-uri 'none'",
+                "frame-ancestors 'none'",
+                form_action,
+            ] {
+                assert!(csp.contains(d), "{csp} lacks {d}");
+            }
+            assert!(!csp.contains("script-src"));
+            assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+            assert_eq!(r.header("cache-control"), Some("no-store"));
+            assert_eq!(r.header("x-frame-options"), Some("DENY"));
+            assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+            assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+            assert!(r.body.starts_with("<!DOCTYPE html>"));
+            assert!(!r.body.contains("<script"));
+        }
+    }
+
+    /// A `MakeWriter` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn logs_hold_no_secrets() {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        // Other tests run on other threads at the same time: a callsite they registered
+        // while this subscriber was being installed may have cached "never". Recompute.
+        tracing::callsite::rebuild_interest_cache();
+        let mut b = Browser::new(&srv);
+        let page = b.get(&public_request(&client, &[])).await;
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        // A wrong password first, then the right one.
+        b.post(
+            "/authorize/login",
+            &[
+                ("handle", &handle),
+                ("csrf", &csrf),
+                ("username", "alice"),
+                ("password", "Tr0ub4dor&3-wrong"),
+            ],
+        )
+        .await;
+        let consent = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &handle),
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        let done = decide(&mut b, &consent, "approve").await;
+        let code = location(&done).1["code"].clone();
+        let again = b.get(&public_request(&client, &[])).await;
+        let code2 = location(&again).1["code"].clone();
+
+        let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let session = b.cookie("authstore_session").unwrap();
+        let csrf_cookie = b.cookie("authstore_csrf").unwrap();
+        for secret in [
+            PASSWORD,
+            "Tr0ub4dor&3-wrong",
+            code.as_str(),
+            code2.as_str(),
+            session,
+            csrf_cookie,
+            csrf.as_str(),
+            handle.as_str(),
+            VERIFIER,
+        ] {
+            assert!(!logs.contains(secret), "the logs hold a secret:\n{logs}");
+        }
+        assert!(
+            logs.contains("request{method=GET route=\"/authorize\"}"),
+            "{logs}"
+        );
+        assert!(
+            logs.contains("request{method=POST route=\"/authorize/login\"}"),
+            "{logs}"
+        );
+        assert!(
+            logs.contains("request{method=POST route=\"/authorize/consent\"}"),
+            "{logs}"
+        );
+    }
 }

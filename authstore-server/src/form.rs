@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use axum::http::{HeaderMap, header};
 use percent_encoding::percent_decode;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::OAuthError;
 
@@ -33,6 +34,15 @@ impl std::fmt::Debug for FormParams {
         f.debug_list()
             .entries(self.0.iter().map(|(k, _)| k))
             .finish()
+    }
+}
+
+// Values may be passwords and secrets: wipe them when the request is done.
+impl Drop for FormParams {
+    fn drop(&mut self) {
+        for (_, v) in &mut self.0 {
+            v.zeroize();
+        }
     }
 }
 
@@ -106,15 +116,11 @@ impl FormParams {
 }
 
 fn decode(raw: &[u8]) -> Result<String, FormError> {
-    let plus: Cow<'_, [u8]> = if raw.contains(&b'+') {
-        Cow::Owned(
-            raw.iter()
-                .map(|&b| if b == b'+' { b' ' } else { b })
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(raw)
-    };
+    let plus: Zeroizing<Vec<u8>> = Zeroizing::new(
+        raw.iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect(),
+    );
     let bytes: Vec<u8> = percent_decode(&plus).collect();
     let s =
         String::from_utf8(bytes).map_err(|_| FormError("a parameter is not valid UTF-8".into()))?;
@@ -149,7 +155,7 @@ mod tests {
         assert!(form("a=1&a=2").unwrap_err().0.contains("repeated"));
         assert!(form("a=%FF").unwrap_err().0.contains("UTF-8"));
         assert!(form("a=%00").unwrap_err().0.contains("NUL"));
-        assert!(form(&"a=1&".repeat(1)).is_ok());
+        assert!(form("a=1&").is_ok());
         let many: String = (0..65).map(|i| format!("p{i}=1&")).collect();
         assert!(form(&many).is_err());
         let json = FormParams::from_body(&HeaderMap::new(), b"{\"grant_type\":\"x\"}");

@@ -32,6 +32,8 @@
 mod authorize;
 pub mod bearer;
 mod client_auth;
+mod cookies;
+mod csrf;
 mod error;
 mod form;
 mod health;

@@ -145,9 +145,14 @@ fn check<K: std::hash::Hash + Eq + Clone>(
 /// The peer address of a request, when served through [`crate::serve`] (or with
 /// `into_make_service_with_connect_info::<SocketAddr>`).
 pub(crate) fn peer_ip(req: &Request) -> Option<IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
+    let ext = req.extensions();
+    ext.get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
+        // In-process tests provide the peer with axum's MockConnectInfo.
+        .or_else(|| {
+            ext.get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        })
 }
 
 /// Middleware: the per-address limit on the OAuth endpoints.

@@ -46,7 +46,7 @@ pub fn spawn_maintenance(store: Authstore, config: MaintenanceConfig) -> Mainten
     let mut tasks = Vec::new();
     if let Some(every) = config.cleanup_interval.filter(|d| !d.is_zero()) {
         let (s, mut rx) = (store.clone(), stop.subscribe());
-        let options = config.cleanup.clone();
+        let options = config.cleanup;
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use authstore_core::Authstore;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
@@ -107,6 +108,12 @@ pub(crate) fn build(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::header_size,
+        ))
+        // Every answer that did not choose its own caching (413, 408, 431 from the layers
+        // above included) must not be cached: they are about credentials.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
         ))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // Method and route template only: a URI's query or a header can hold a secret.
