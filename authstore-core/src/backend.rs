@@ -850,6 +850,27 @@ pub trait Maintenance: Debug + Send + Sync + 'static {
     /// traffic.
     async fn cleanup(&self, options: &CleanupOptions, now: Timestamp) -> Result<CleanupReport>;
 
+    /// What one [`cleanup`](Maintenance::cleanup) call with the same `options.retention` at
+    /// `now` would delete if it had no batch or time bound, **deleting nothing**: the counts
+    /// per kind, by the same rules and the same counting convention as `cleanup`.
+    ///
+    /// - `batch_size`, `max_batches` and `time_budget` are ignored (not even validated), and
+    ///   `incomplete` is always `false`.
+    /// - Each count is of rows the kind's own rule would delete; rows that would go by
+    ///   cascade with their grant are not counted.
+    /// - A grant with nothing left counts as it would in `cleanup`: after the codes and
+    ///   tokens that `cleanup` deletes first are gone, so an old grant whose every code and
+    ///   token is dead by its own rule counts as empty.
+    ///
+    /// Read-only: never writes and takes no write lock; the counts are of one consistent
+    /// snapshot. Equals the report of an unbounded `cleanup` at the same `now` when nothing
+    /// else writes in between.
+    async fn cleanup_preview(
+        &self,
+        options: &CleanupOptions,
+        now: Timestamp,
+    ) -> Result<CleanupReport>;
+
     /// Counts per kind as of `now`.
     async fn stats(&self, now: Timestamp) -> Result<Stats>;
 }

@@ -1781,6 +1781,16 @@ impl Authstore {
         self.backend.cleanup(options, self.now()).await
     }
 
+    /// What [`cleanup`](Self::cleanup) with the same `options.retention` would delete now if
+    /// it had no batch or time bound, deleting nothing (see
+    /// [`Maintenance::cleanup_preview`](crate::backend::Maintenance::cleanup_preview)): for
+    /// `cleanup --dry-run`. `batch_size`, `max_batches` and `time_budget` are ignored;
+    /// `retention` is taken as `cleanup` takes it (any duration: a cutoff before the start
+    /// of representable time saturates). Writes nothing, not even an audit event.
+    pub async fn cleanup_preview(&self, options: &CleanupOptions) -> Result<CleanupReport> {
+        self.backend.cleanup_preview(options, self.now()).await
+    }
+
     /// Counts per kind and the database size where known.
     pub async fn stats(&self) -> Result<Stats> {
         self.backend.stats(self.now()).await

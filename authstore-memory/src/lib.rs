@@ -57,7 +57,10 @@ Other backends should match these; the conformance suite is the arbiter.
 - **Cleanup** lists candidates under the read lock, then deletes at most `batch_size` of
   them per write-lock acquisition, re-checking each, so concurrent cleanups and traffic are
   safe. What a deleted grant still held is not counted. `batch_size` must be 1 to 100 000
-  and `max_batches` at least 1 ([`Error::InvalidInput`]).
+  and `max_batches` at least 1 ([`Error::InvalidInput`]). The preview
+  ([`Maintenance::cleanup_preview`]) applies the same predicates to one read-lock snapshot,
+  judging a grant's emptiness by whether each code and token it holds is dead by its own
+  rule (those go before the grant pass).
 - **Audit order** is by id, and ids (UUIDv7) order events only to the millisecond.
 - **Identity.** [`IdentityStore::update_user`], [`IdentityStore::rename_group`] and
   [`IdentityStore::set_password_hash`] always write their event (they are explicit
@@ -244,7 +247,34 @@ fn refresh_dead(t: &authstore_core::RefreshToken, cutoff: Timestamp) -> bool {
 }
 
 fn grant_dead(row: &state::GrantRow, cutoff: Timestamp) -> bool {
-    le(row.grant.revoked_at, cutoff) || (row.grant.created_at <= cutoff && row.is_empty())
+    grant_dead_if(row, cutoff, || row.is_empty())
+}
+
+/// Cleanup's rule for grants, given whether nothing is left of the grant (`empty`, asked
+/// only when the grant was created at or before the cutoff and not revoked by then).
+fn grant_dead_if(row: &state::GrantRow, cutoff: Timestamp, empty: impl FnOnce() -> bool) -> bool {
+    le(row.grant.revoked_at, cutoff) || (row.grant.created_at <= cutoff && empty())
+}
+
+/// Whether nothing of the grant is left once cleanup's code and token passes (which run
+/// before the grant pass) have deleted everything of it dead by its own rule.
+fn grant_empty_after_tokens(st: &State, row: &state::GrantRow, cutoff: Timestamp) -> bool {
+    row.codes
+        .iter()
+        .all(|h| st.codes.get(h).is_none_or(|c| code_dead(c, cutoff)))
+        && row
+            .access
+            .iter()
+            .all(|h| st.access.get(h).is_none_or(|t| access_dead(t, cutoff)))
+        && row
+            .refresh
+            .iter()
+            .all(|h| st.refresh.get(h).is_none_or(|t| refresh_dead(t, cutoff)))
+}
+
+/// How many of `values` are dead.
+fn count_dead<'a, V: 'a>(values: impl Iterator<Item = &'a V>, dead: impl Fn(&V) -> bool) -> u64 {
+    len_u64(values.filter(|v| dead(v)).count())
 }
 
 fn pat_dead(p: &PersonalAccessToken, cutoff: Timestamp) -> bool {
@@ -1370,6 +1400,10 @@ fn one_time_dead(t: &OneTimeToken, cutoff: Timestamp) -> bool {
     t.expires_at <= cutoff || le(t.consumed_at, cutoff)
 }
 
+fn ceremony_dead(c: &Ceremony, cutoff: Timestamp) -> bool {
+    c.expires_at <= cutoff
+}
+
 /// Fills the event's subject from the user the record belongs to, where the caller (who
 /// only had a hash or an id) left it unset.
 fn about_user(mut event: AuditEvent, user: UserId) -> AuditEvent {
@@ -2077,15 +2111,43 @@ impl Maintenance for MemoryStore {
             options,
             deadline,
             inc,
-            |st, n| dead_keys(st.ceremonies.iter(), n, |c| c.expires_at <= cutoff),
+            |st, n| dead_keys(st.ceremonies.iter(), n, |c| ceremony_dead(c, cutoff)),
             |st, h| {
                 st.ceremonies
                     .get(&h)
-                    .is_some_and(|c| c.expires_at <= cutoff)
+                    .is_some_and(|c| ceremony_dead(c, cutoff))
                     && st.remove_ceremony(&h).is_some()
             },
         );
         Ok(r)
+    }
+
+    async fn cleanup_preview(
+        &self,
+        options: &CleanupOptions,
+        now: Timestamp,
+    ) -> Result<CleanupReport> {
+        let cutoff = now.saturating_sub(options.retention);
+        // One read-lock hold: every count is of the same state.
+        let st = self.read();
+        Ok(CleanupReport {
+            authorization_codes: count_dead(st.codes.values(), |c| code_dead(c, cutoff)),
+            access_tokens: count_dead(st.access.values(), |t| access_dead(t, cutoff)),
+            refresh_tokens: count_dead(st.refresh.values(), |t| refresh_dead(t, cutoff)),
+            // As cleanup sees grants: after its code and token passes.
+            grants: count_dead(st.grants.values(), |g| {
+                grant_dead_if(g, cutoff, || grant_empty_after_tokens(&st, g, cutoff))
+            }),
+            personal_access_tokens: count_dead(st.pats.values(), |p| pat_dead(p, cutoff)),
+            authorization_sessions: count_dead(st.sessions.values(), |s| session_dead(s, cutoff)),
+            login_failures: count_dead(st.failures.values(), |f| failure_dead(f, cutoff)),
+            login_sessions: count_dead(st.login_sessions.values(), |s| {
+                login_session_dead(s, cutoff)
+            }),
+            one_time_tokens: count_dead(st.one_time.values(), |t| one_time_dead(t, cutoff)),
+            ceremonies: count_dead(st.ceremonies.values(), |c| ceremony_dead(c, cutoff)),
+            incomplete: false,
+        })
     }
 
     async fn stats(&self, now: Timestamp) -> Result<Stats> {

@@ -1,5 +1,6 @@
 //! Migrations, cleanup and statistics.
 
+use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -47,84 +48,106 @@ enum Kind {
 // can make a sequential scan look cheaper). The rows are then deleted by primary key from an
 // array (an `InitPlan`), so the delete itself is index-driven whatever `$2` is.
 
-const CODES: &[&str] = &["DELETE FROM authorization_codes WHERE hash = ANY(ARRAY(
-    SELECT hash FROM authorization_codes WHERE expires_at <= $1
-    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))"];
+/// One kind's rule for dead rows, written once (by `dead_rows!`) in the forms cleanup and
+/// the preview use: a row is dead when any of the rule's columns is at or before the cutoff
+/// `$1`.
+struct DeadRows {
+    /// Cleanup: one `DELETE` per column, as above, sharing one batch's budget.
+    delete: &'static [&'static str],
+    /// The preview: how many rows are dead by any column, as a sum of one `count(*)` per
+    /// column of the rows dead by it and by no column before it (each driven by that
+    /// column's index).
+    count: &'static str,
+    /// Whether a row is dead, as an expression on its unqualified columns, for a correlated
+    /// subquery (where unqualified columns are the innermost table's).
+    dead: &'static str,
+}
 
-const ACCESS: &[&str] = &[
-    "DELETE FROM access_tokens WHERE hash = ANY(ARRAY(
-        SELECT hash FROM access_tokens WHERE expires_at <= $1
-        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    "DELETE FROM access_tokens WHERE hash = ANY(ARRAY(
-        SELECT hash FROM access_tokens WHERE revoked_at <= $1
-        ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-];
+/// `dead_rows!(table, key, [column, …])`: the [`DeadRows`] of `table` (rows named by `key`),
+/// dead when any `column <= $1`.
+macro_rules! dead_rows {
+    ($table:literal, $key:literal, [$first:literal $(, $col:literal)* $(,)?]) => {
+        DeadRows {
+            delete: &[
+                dead_rows!(@delete $table, $key, $first)
+                $(, dead_rows!(@delete $table, $key, $col))*
+            ],
+            count: dead_rows!(@count $table, [], $first $(, $col)*),
+            dead: concat!("(", $first, " <= $1" $(, " OR ", $col, " <= $1")*, ")"),
+        }
+    };
+    // Rows dead by `$col` and by none of the `$prev` columns: each dead row counts once,
+    // under its first dead column.
+    (@count $table:literal, [$($prev:literal),*], $col:literal) => {
+        concat!(
+            "(SELECT count(*) FROM ", $table, " WHERE ", $col, " <= $1"
+            $(, " AND (", $prev, " <= $1) IS NOT TRUE")*, ")"
+        )
+    };
+    (@count $table:literal, [$($prev:literal),*], $col:literal, $($rest:literal),+) => {
+        concat!(
+            dead_rows!(@count $table, [$($prev),*], $col),
+            " + ",
+            dead_rows!(@count $table, [$($prev,)* $col], $($rest),+)
+        )
+    };
+    (@delete $table:literal, $key:literal, $col:literal) => {
+        concat!(
+            "DELETE FROM ", $table, " WHERE ", $key, " = ANY(ARRAY(SELECT ", $key, " FROM ",
+            $table, " WHERE ", $col, " <= $1 ORDER BY ", $col,
+            " LIMIT $2 FOR UPDATE SKIP LOCKED))"
+        )
+    };
+}
 
+const CODES: DeadRows = dead_rows!("authorization_codes", "hash", ["expires_at"]);
+const ACCESS: DeadRows = dead_rows!("access_tokens", "hash", ["expires_at", "revoked_at"]);
 /// A rotated token stays until its own expiry: reuse detection needs it.
-const REFRESH: &[&str] = &[
-    "DELETE FROM refresh_tokens WHERE hash = ANY(ARRAY(
-        SELECT hash FROM refresh_tokens WHERE expires_at <= $1
-        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    "DELETE FROM refresh_tokens WHERE hash = ANY(ARRAY(
-        SELECT hash FROM refresh_tokens WHERE idle_expires_at <= $1
-        ORDER BY idle_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    "DELETE FROM refresh_tokens WHERE hash = ANY(ARRAY(
-        SELECT hash FROM refresh_tokens WHERE revoked_at <= $1
-        ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-];
-
-const PATS: &[&str] = &[
-    "DELETE FROM personal_access_tokens WHERE id = ANY(ARRAY(
-        SELECT id FROM personal_access_tokens WHERE expires_at <= $1
-        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    "DELETE FROM personal_access_tokens WHERE id = ANY(ARRAY(
-        SELECT id FROM personal_access_tokens WHERE revoked_at <= $1
-        ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-];
-
-const SESSIONS: &[&str] = &[
-    "DELETE FROM authorization_sessions WHERE hash = ANY(ARRAY(
-        SELECT hash FROM authorization_sessions WHERE expires_at <= $1
-        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    "DELETE FROM authorization_sessions WHERE hash = ANY(ARRAY(
-        SELECT hash FROM authorization_sessions WHERE completed_at <= $1
-        ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-];
-
-const LOGIN_FAILURES: &[&str] = &["DELETE FROM login_failures WHERE id = ANY(ARRAY(
-    SELECT id FROM login_failures WHERE at <= $1
-    ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED))"];
-
-const LOGIN_SESSIONS: &[&str] = &[
-    "DELETE FROM login_sessions WHERE hash = ANY(ARRAY(
-        SELECT hash FROM login_sessions WHERE expires_at <= $1
-        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    "DELETE FROM login_sessions WHERE hash = ANY(ARRAY(
-        SELECT hash FROM login_sessions WHERE idle_expires_at <= $1
-        ORDER BY idle_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    "DELETE FROM login_sessions WHERE hash = ANY(ARRAY(
-        SELECT hash FROM login_sessions WHERE revoked_at <= $1
-        ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-];
-
+const REFRESH: DeadRows = dead_rows!(
+    "refresh_tokens",
+    "hash",
+    ["expires_at", "idle_expires_at", "revoked_at"]
+);
+const PATS: DeadRows = dead_rows!("personal_access_tokens", "id", ["expires_at", "revoked_at"]);
+const SESSIONS: DeadRows = dead_rows!(
+    "authorization_sessions",
+    "hash",
+    ["expires_at", "completed_at"]
+);
+const LOGIN_FAILURES: DeadRows = dead_rows!("login_failures", "id", ["at"]);
+const LOGIN_SESSIONS: DeadRows = dead_rows!(
+    "login_sessions",
+    "hash",
+    ["expires_at", "idle_expires_at", "revoked_at"]
+);
 /// A consumed (or superseded) token is kept until the cutoff, like a consumed code.
-const ONE_TIME_TOKENS: &[&str] = &[
-    "DELETE FROM one_time_tokens WHERE hash = ANY(ARRAY(
-        SELECT hash FROM one_time_tokens WHERE expires_at <= $1
-        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    "DELETE FROM one_time_tokens WHERE hash = ANY(ARRAY(
-        SELECT hash FROM one_time_tokens WHERE consumed_at <= $1
-        ORDER BY consumed_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-];
+const ONE_TIME_TOKENS: DeadRows =
+    dead_rows!("one_time_tokens", "hash", ["expires_at", "consumed_at"]);
+const CEREMONIES: DeadRows = dead_rows!("ceremonies", "hash", ["expires_at"]);
 
-const CEREMONIES: &[&str] = &["DELETE FROM ceremonies WHERE hash = ANY(ARRAY(
-    SELECT hash FROM ceremonies WHERE expires_at <= $1
-    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))"];
+/// Cleanup's rule for revoked grants (`$1` the cutoff): they go with whatever is left of
+/// them.
+macro_rules! revoked_grant {
+    () => {
+        "revoked_at <= $1"
+    };
+}
+
+/// Cleanup's rule for old unrevoked grants (`$1` the cutoff, columns unqualified): they go
+/// once nothing refers to them.
+macro_rules! old_grant {
+    () => {
+        "revoked_at IS NULL AND created_at <= $1"
+    };
+}
 
 /// Revoked grants, step 1: lock up to `$2` grants revoked at or before `$1`, oldest
 /// revocation first. Concurrent cleaners take disjoint grants.
-const REVOKED_GRANTS_LOCK: &str = "SELECT id FROM grants WHERE revoked_at <= $1
-    ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+const REVOKED_GRANTS_LOCK: &str = concat!(
+    "SELECT id FROM grants WHERE ",
+    revoked_grant!(),
+    " ORDER BY revoked_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+);
 
 /// Step 2: what is left of the locked grants `$1`, at most `$2` rows a statement.
 const GRANT_CHILDREN: &[&str] = &[
@@ -150,10 +173,13 @@ const REVOKED_GRANTS_DELETE: &str = "DELETE FROM grants WHERE id = ANY($1)";
 /// so the server stops soon after a batch is found. The emptiness checks are `LATERAL`
 /// probes of the `*_grant` indexes, one grant at a time: as `NOT EXISTS` in the select list
 /// the planner may instead hash a whole token table once per batch.
-const OLD_GRANTS: &str = "SELECT g.created_at, g.id,
+const OLD_GRANTS: &str = concat!(
+    "SELECT g.created_at, g.id,
         c.x IS NULL AND a.x IS NULL AND r.x IS NULL
     FROM (SELECT created_at, id FROM grants
-          WHERE revoked_at IS NULL AND created_at <= $1 AND (created_at, id) > ($2, $3)
+          WHERE ",
+    old_grant!(),
+    " AND (created_at, id) > ($2, $3)
           ORDER BY created_at, id LIMIT $4) AS g
     LEFT JOIN LATERAL (SELECT 1 AS x FROM authorization_codes
                        WHERE grant_id = g.id LIMIT 1) AS c ON true
@@ -161,7 +187,8 @@ const OLD_GRANTS: &str = "SELECT g.created_at, g.id,
                        WHERE grant_id = g.id LIMIT 1) AS a ON true
     LEFT JOIN LATERAL (SELECT 1 AS x FROM refresh_tokens
                        WHERE grant_id = g.id LIMIT 1) AS r ON true
-    ORDER BY g.created_at, g.id";
+    ORDER BY g.created_at, g.id"
+);
 
 /// Step 2: lock the empty ones found. A grant someone is issuing into holds a
 /// `FOR KEY SHARE` lock and is skipped, as is one another cleaner took.
@@ -191,17 +218,20 @@ enum Step {
 /// In order: tokens first, so grants they leave behind can go in the same run; then login
 /// failures, login sessions, one-time tokens and ceremonies.
 const PASSES: &[(Kind, Step)] = &[
-    (Kind::Codes, Step::Statements(CODES)),
-    (Kind::Access, Step::Statements(ACCESS)),
-    (Kind::Refresh, Step::Statements(REFRESH)),
-    (Kind::Pats, Step::Statements(PATS)),
-    (Kind::Sessions, Step::Statements(SESSIONS)),
+    (Kind::Codes, Step::Statements(CODES.delete)),
+    (Kind::Access, Step::Statements(ACCESS.delete)),
+    (Kind::Refresh, Step::Statements(REFRESH.delete)),
+    (Kind::Pats, Step::Statements(PATS.delete)),
+    (Kind::Sessions, Step::Statements(SESSIONS.delete)),
     (Kind::Grants, Step::RevokedGrants),
     (Kind::Grants, Step::EmptyGrants),
-    (Kind::LoginFailures, Step::Statements(LOGIN_FAILURES)),
-    (Kind::LoginSessions, Step::Statements(LOGIN_SESSIONS)),
-    (Kind::OneTimeTokens, Step::Statements(ONE_TIME_TOKENS)),
-    (Kind::Ceremonies, Step::Statements(CEREMONIES)),
+    (Kind::LoginFailures, Step::Statements(LOGIN_FAILURES.delete)),
+    (Kind::LoginSessions, Step::Statements(LOGIN_SESSIONS.delete)),
+    (
+        Kind::OneTimeTokens,
+        Step::Statements(ONE_TIME_TOKENS.delete),
+    ),
+    (Kind::Ceremonies, Step::Statements(CEREMONIES.delete)),
 ];
 
 fn slot(report: &mut CleanupReport, kind: Kind) -> &mut u64 {
@@ -354,6 +384,43 @@ async fn empty_grants(
     Ok((deleted, done))
 }
 
+/// The preview: one statement (so one snapshot) counting what an unbounded cleanup at the
+/// cutoff `$1` would delete, by cleanup's own rules, in [`CleanupReport`] field order.
+/// Grants count as cleanup's grant passes see them, after the code and token passes: an
+/// old unrevoked grant counts when every code and token it has left is dead by its own
+/// rule.
+static PREVIEW: LazyLock<String> = LazyLock::new(|| {
+    let grants = format!(
+        "(SELECT count(*) FROM grants WHERE {revoked})
+         + (SELECT count(*) FROM grants AS g WHERE {old}
+            AND NOT EXISTS (SELECT 1 FROM authorization_codes AS c
+                            WHERE c.grant_id = g.id AND {code_dead} IS NOT TRUE)
+            AND NOT EXISTS (SELECT 1 FROM access_tokens AS a
+                            WHERE a.grant_id = g.id AND {access_dead} IS NOT TRUE)
+            AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS r
+                            WHERE r.grant_id = g.id AND {refresh_dead} IS NOT TRUE))",
+        revoked = revoked_grant!(),
+        old = old_grant!(),
+        code_dead = CODES.dead,
+        access_dead = ACCESS.dead,
+        refresh_dead = REFRESH.dead,
+    );
+    let counts = [
+        CODES.count,
+        ACCESS.count,
+        REFRESH.count,
+        &grants,
+        PATS.count,
+        SESSIONS.count,
+        LOGIN_FAILURES.count,
+        LOGIN_SESSIONS.count,
+        ONE_TIME_TOKENS.count,
+        CEREMONIES.count,
+    ];
+    let columns: Vec<String> = counts.iter().map(|c| format!("({c})::bigint")).collect();
+    format!("SELECT {}", columns.join(",\n       "))
+});
+
 impl PostgresStore {
     async fn cleanup_impl(&self, opts: &CleanupOptions, now: Timestamp) -> Result<CleanupReport> {
         let mut conn = self.inner.conn().await?;
@@ -390,6 +457,43 @@ impl PostgresStore {
         if report.total() > 0 {
             tracing::debug!(?report, "postgres cleanup");
         }
+        Ok(report)
+    }
+
+    async fn cleanup_preview_impl(
+        &self,
+        opts: &CleanupOptions,
+        now: Timestamp,
+    ) -> Result<CleanupReport> {
+        let mut conn = self.inner.conn().await?;
+        // Plain counts in a read-only transaction: the server refuses any write in it.
+        let tx = conn
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .db()?;
+        let cutoff = ts(now.saturating_sub(opts.retention));
+        let st = tx.prepare_cached(&PREVIEW).await.db()?;
+        let row = tx.query_one(&st, &[&cutoff]).await.db()?;
+        let n = |i: usize| -> Result<u64> {
+            let v: i64 = row.try_get(i).db()?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        let report = CleanupReport {
+            authorization_codes: n(0)?,
+            access_tokens: n(1)?,
+            refresh_tokens: n(2)?,
+            grants: n(3)?,
+            personal_access_tokens: n(4)?,
+            authorization_sessions: n(5)?,
+            login_failures: n(6)?,
+            login_sessions: n(7)?,
+            one_time_tokens: n(8)?,
+            ceremonies: n(9)?,
+            incomplete: false,
+        };
+        tx.commit().await.db()?;
         Ok(report)
     }
 
@@ -519,6 +623,14 @@ impl Maintenance for PostgresStore {
     async fn cleanup(&self, options: &CleanupOptions, now: Timestamp) -> Result<CleanupReport> {
         check_cleanup_options(options)?;
         self.cleanup_impl(options, now).await
+    }
+
+    async fn cleanup_preview(
+        &self,
+        options: &CleanupOptions,
+        now: Timestamp,
+    ) -> Result<CleanupReport> {
+        self.cleanup_preview_impl(options, now).await
     }
 
     async fn stats(&self, now: Timestamp) -> Result<Stats> {

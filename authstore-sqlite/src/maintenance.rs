@@ -1,5 +1,6 @@
 //! Migrations, cleanup and statistics: long work, run on blocking threads.
 
+use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -22,59 +23,110 @@ const BACK_OFF: Duration = Duration::from_millis(2);
 /// live grants far outnumber empty ones.
 const MIN_GRANT_SCAN: i64 = 10_000;
 
-/// Single-statement passes: a `DELETE` of at most `?2` rows dead at or before the cutoff
-/// `?1`. Each predicate is driven by indexes (`EXPLAIN QUERY PLAN` shows `SEARCH`, or a
-/// `MULTI-INDEX OR` of searches).
-const CODES: &str = "DELETE FROM authorization_codes WHERE hash IN (
-    SELECT hash FROM authorization_codes WHERE expires_at <= ?1 LIMIT ?2)";
-const ACCESS: &str = "DELETE FROM access_tokens WHERE hash IN (
-    SELECT hash FROM access_tokens WHERE expires_at <= ?1 OR revoked_at <= ?1 LIMIT ?2)";
-const PATS: &str = "DELETE FROM personal_access_tokens WHERE rowid IN (
-    SELECT rowid FROM personal_access_tokens
-    WHERE expires_at <= ?1 OR revoked_at <= ?1 LIMIT ?2)";
-const SESSIONS: &str = "DELETE FROM authorization_sessions WHERE hash IN (
-    SELECT hash FROM authorization_sessions
-    WHERE expires_at <= ?1 OR completed_at <= ?1 LIMIT ?2)";
-const LOGIN_FAILURES: &str = "DELETE FROM login_failures WHERE id IN (
-    SELECT id FROM login_failures WHERE at <= ?1 LIMIT ?2)";
+/// One kind's rule for dead rows, written once (by `dead_rows!`) in the forms cleanup and
+/// the preview use: a row is dead when any of the rule's columns is at or before the cutoff
+/// `?1`.
+struct DeadRows {
+    /// Cleanup: one `DELETE` of at most `?2` dead rows per column, each a search of that
+    /// column's index (SQLite may plan a multi-column `OR` as a full scan), sharing one batch's
+    /// budget.
+    delete: &'static [&'static str],
+    /// The preview: how many rows are dead by any column, as a sum of one `count(*)` per
+    /// column of the rows dead by it and by no column before it (each a search of that
+    /// column's index: a `UNION` would merge whole-table scans).
+    count: &'static str,
+    /// Whether a row is dead, as an expression on its unqualified columns, for a correlated
+    /// subquery (where unqualified columns are the innermost table's).
+    dead: &'static str,
+}
 
-/// Login sessions dead at or before the cutoff, one statement per condition (each a search
-/// of its own index), sharing one batch's budget.
-const LOGIN_SESSIONS: [&str; 3] = [
-    "DELETE FROM login_sessions WHERE hash IN (
-         SELECT hash FROM login_sessions WHERE expires_at <= ?1 LIMIT ?2)",
-    "DELETE FROM login_sessions WHERE hash IN (
-         SELECT hash FROM login_sessions WHERE idle_expires_at <= ?1 LIMIT ?2)",
-    "DELETE FROM login_sessions WHERE hash IN (
-         SELECT hash FROM login_sessions WHERE revoked_at <= ?1 LIMIT ?2)",
-];
+/// `dead_rows!(table, key, [column, …])`: the [`DeadRows`] of `table` (rows named by `key`),
+/// dead when any `column <= ?1`.
+macro_rules! dead_rows {
+    ($table:literal, $key:literal, [$first:literal $(, $col:literal)* $(,)?]) => {
+        DeadRows {
+            delete: &[
+                dead_rows!(@delete $table, $key, $first)
+                $(, dead_rows!(@delete $table, $key, $col))*
+            ],
+            count: dead_rows!(@count $table, [], $first $(, $col)*),
+            dead: concat!("(", $first, " <= ?1" $(, " OR ", $col, " <= ?1")*, ")"),
+        }
+    };
+    // Rows dead by `$col` and by none of the `$prev` columns: each dead row counts once,
+    // under its first dead column, and each term is a search of its column's index.
+    (@count $table:literal, [$($prev:literal),*], $col:literal) => {
+        concat!(
+            "(SELECT count(*) FROM ", $table, " WHERE ", $col, " <= ?1"
+            $(, " AND (", $prev, " <= ?1) IS NOT TRUE")*, ")"
+        )
+    };
+    (@count $table:literal, [$($prev:literal),*], $col:literal, $($rest:literal),+) => {
+        concat!(
+            dead_rows!(@count $table, [$($prev),*], $col),
+            " + ",
+            dead_rows!(@count $table, [$($prev,)* $col], $($rest),+)
+        )
+    };
+    (@delete $table:literal, $key:literal, $col:literal) => {
+        concat!(
+            "DELETE FROM ", $table, " WHERE ", $key, " IN (SELECT ", $key, " FROM ", $table,
+            " WHERE ", $col, " <= ?1 LIMIT ?2)"
+        )
+    };
+}
 
-/// One-time tokens expired or consumed (used or superseded) at or before the cutoff.
-const ONE_TIME_TOKENS: [&str; 2] = [
-    "DELETE FROM one_time_tokens WHERE hash IN (
-         SELECT hash FROM one_time_tokens WHERE expires_at <= ?1 LIMIT ?2)",
-    "DELETE FROM one_time_tokens WHERE hash IN (
-         SELECT hash FROM one_time_tokens WHERE consumed_at <= ?1 LIMIT ?2)",
-];
+const CODES: DeadRows = dead_rows!("authorization_codes", "hash", ["expires_at"]);
+const ACCESS: DeadRows = dead_rows!("access_tokens", "hash", ["expires_at", "revoked_at"]);
+/// A rotated token stays until its own expiry: reuse detection needs it.
+const REFRESH: DeadRows = dead_rows!(
+    "refresh_tokens",
+    "hash",
+    ["expires_at", "idle_expires_at", "revoked_at"]
+);
+const PATS: DeadRows = dead_rows!(
+    "personal_access_tokens",
+    "rowid",
+    ["expires_at", "revoked_at"]
+);
+const SESSIONS: DeadRows = dead_rows!(
+    "authorization_sessions",
+    "hash",
+    ["expires_at", "completed_at"]
+);
+const LOGIN_FAILURES: DeadRows = dead_rows!("login_failures", "id", ["at"]);
+const LOGIN_SESSIONS: DeadRows = dead_rows!(
+    "login_sessions",
+    "hash",
+    ["expires_at", "idle_expires_at", "revoked_at"]
+);
+/// Expired, or consumed (used or superseded), at or before the cutoff.
+const ONE_TIME_TOKENS: DeadRows =
+    dead_rows!("one_time_tokens", "hash", ["expires_at", "consumed_at"]);
+const CEREMONIES: DeadRows = dead_rows!("ceremonies", "hash", ["expires_at"]);
 
-const CEREMONIES: &str = "DELETE FROM ceremonies WHERE hash IN (
-    SELECT hash FROM ceremonies WHERE expires_at <= ?1 LIMIT ?2)";
+/// Cleanup's rule for revoked grants (`?1` the cutoff): they go with whatever is left of
+/// them.
+macro_rules! revoked_grant {
+    () => {
+        "revoked_at <= ?1"
+    };
+}
 
-/// The refresh pass, one statement per condition: SQLite plans the three-way `OR` as a
-/// full scan of `refresh_tokens`, each of these as a search of its own index. A rotated
-/// token stays until its own expiry: reuse detection needs it.
-pub(crate) const REFRESH: [&str; 3] = [
-    "DELETE FROM refresh_tokens WHERE hash IN (
-         SELECT hash FROM refresh_tokens WHERE expires_at <= ?1 LIMIT ?2)",
-    "DELETE FROM refresh_tokens WHERE hash IN (
-         SELECT hash FROM refresh_tokens WHERE idle_expires_at <= ?1 LIMIT ?2)",
-    "DELETE FROM refresh_tokens WHERE hash IN (
-         SELECT hash FROM refresh_tokens WHERE revoked_at <= ?1 LIMIT ?2)",
-];
+/// Cleanup's rule for old unrevoked grants (alias `g`, `?1` the cutoff): they go once
+/// nothing refers to them.
+macro_rules! old_grant {
+    () => {
+        "g.revoked_at IS NULL AND g.created_at <= ?1"
+    };
+}
 
 /// Grants revoked at or before the cutoff `?1`, oldest revocation first, at most `?2`.
-const REVOKED_GRANTS: &str =
-    "SELECT id FROM grants WHERE revoked_at <= ?1 ORDER BY revoked_at, id LIMIT ?2";
+const REVOKED_GRANTS: &str = concat!(
+    "SELECT id FROM grants WHERE ",
+    revoked_grant!(),
+    " ORDER BY revoked_at, id LIMIT ?2"
+);
 
 /// What is left of one grant (`?1`), at most `?2` rows a statement.
 const GRANT_CHILDREN: [&str; 3] = [
@@ -89,13 +141,17 @@ const GRANT_CHILDREN: [&str; 3] = [
 /// Old unrevoked grants after the cursor `(?2, ?3)` in `(created_at, id)` order (the
 /// `grants_created_at` index: a `WITHOUT ROWID` index carries the key), at most `?4`, each
 /// with whether nothing refers to it any more.
-const OLD_GRANTS: &str = "SELECT g.created_at, g.id,
+const OLD_GRANTS: &str = concat!(
+    "SELECT g.created_at, g.id,
         NOT EXISTS (SELECT 1 FROM authorization_codes AS c WHERE c.grant_id = g.id)
         AND NOT EXISTS (SELECT 1 FROM access_tokens AS a WHERE a.grant_id = g.id)
         AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.grant_id = g.id)
     FROM grants AS g
-    WHERE g.revoked_at IS NULL AND g.created_at <= ?1 AND (g.created_at, g.id) > (?2, ?3)
-    ORDER BY g.created_at, g.id LIMIT ?4";
+    WHERE ",
+    old_grant!(),
+    " AND (g.created_at, g.id) > (?2, ?3)
+    ORDER BY g.created_at, g.id LIMIT ?4"
+);
 
 /// Deletes an old grant found empty, checking again in the deleting transaction: a token
 /// issued concurrently into it either committed first (and keeps it) or finds it gone
@@ -150,19 +206,8 @@ impl Run {
     }
 }
 
-/// A single-statement pass: done when a batch deletes fewer than `batch` rows.
-fn simple(
-    sql: &'static str,
-    cutoff: i64,
-    batch: i64,
-) -> impl FnMut(&Transaction<'_>) -> R<(u64, bool)> {
-    move |tx| {
-        let n = tx.prepare_cached(sql)?.execute(params![cutoff, batch])?;
-        Ok((n as u64, (n as i64) < batch))
-    }
-}
-
-/// A pass of several statements (one per condition) sharing one batch's budget.
+/// A pass of one or more statements (one per condition) sharing one batch's budget: done
+/// when together they delete fewer than `batch` rows.
 fn multi(
     statements: &'static [&'static str],
     cutoff: i64,
@@ -265,29 +310,35 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
     let mut report = CleanupReport::default();
     // Tokens first, so grants they leave behind can go in the same run.
     let passes: [(Kind, Box<Batch<'_>>); 11] = [
-        (Kind::Codes, Box::new(simple(CODES, cutoff, batch))),
-        (Kind::Access, Box::new(simple(ACCESS, cutoff, batch))),
-        (Kind::Refresh, Box::new(multi(&REFRESH, cutoff, batch))),
+        (Kind::Codes, Box::new(multi(CODES.delete, cutoff, batch))),
+        (Kind::Access, Box::new(multi(ACCESS.delete, cutoff, batch))),
+        (
+            Kind::Refresh,
+            Box::new(multi(REFRESH.delete, cutoff, batch)),
+        ),
         (Kind::Grants, Box::new(revoked_grants(cutoff, batch))),
         (Kind::Grants, Box::new(empty_grants(cutoff, batch))),
-        (Kind::Pats, Box::new(simple(PATS, cutoff, batch))),
-        (Kind::Sessions, Box::new(simple(SESSIONS, cutoff, batch))),
+        (Kind::Pats, Box::new(multi(PATS.delete, cutoff, batch))),
+        (
+            Kind::Sessions,
+            Box::new(multi(SESSIONS.delete, cutoff, batch)),
+        ),
         // Last, after grants (as documented).
         (
             Kind::LoginFailures,
-            Box::new(simple(LOGIN_FAILURES, cutoff, batch)),
+            Box::new(multi(LOGIN_FAILURES.delete, cutoff, batch)),
         ),
         (
             Kind::LoginSessions,
-            Box::new(multi(&LOGIN_SESSIONS, cutoff, batch)),
+            Box::new(multi(LOGIN_SESSIONS.delete, cutoff, batch)),
         ),
         (
             Kind::OneTimeTokens,
-            Box::new(multi(&ONE_TIME_TOKENS, cutoff, batch)),
+            Box::new(multi(ONE_TIME_TOKENS.delete, cutoff, batch)),
         ),
         (
             Kind::Ceremonies,
-            Box::new(simple(CEREMONIES, cutoff, batch)),
+            Box::new(multi(CEREMONIES.delete, cutoff, batch)),
         ),
     ];
     for (kind, mut batch) in passes {
@@ -313,6 +364,66 @@ fn cleanup(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<Clean
         tracing::debug!(?report, "sqlite cleanup");
     }
     Ok(report)
+}
+
+/// The preview: one statement (so one snapshot) counting what an unbounded cleanup at the
+/// cutoff `?1` would delete, by cleanup's own rules, in [`CleanupReport`] field order.
+/// Grants count as cleanup's grant passes see them, after the code and token passes: an
+/// old unrevoked grant counts when every code and token it has left is dead by its own
+/// rule.
+static PREVIEW: LazyLock<String> = LazyLock::new(|| {
+    let grants = format!(
+        "(SELECT count(*) FROM grants WHERE {revoked})
+         + (SELECT count(*) FROM grants AS g WHERE {old}
+            AND NOT EXISTS (SELECT 1 FROM authorization_codes AS c
+                            WHERE c.grant_id = g.id AND {code_dead} IS NOT TRUE)
+            AND NOT EXISTS (SELECT 1 FROM access_tokens AS a
+                            WHERE a.grant_id = g.id AND {access_dead} IS NOT TRUE)
+            AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS r
+                            WHERE r.grant_id = g.id AND {refresh_dead} IS NOT TRUE))",
+        revoked = revoked_grant!(),
+        old = old_grant!(),
+        code_dead = CODES.dead,
+        access_dead = ACCESS.dead,
+        refresh_dead = REFRESH.dead,
+    );
+    let counts = [
+        CODES.count,
+        ACCESS.count,
+        REFRESH.count,
+        &grants,
+        PATS.count,
+        SESSIONS.count,
+        LOGIN_FAILURES.count,
+        LOGIN_SESSIONS.count,
+        ONE_TIME_TOKENS.count,
+        CEREMONIES.count,
+    ];
+    let columns: Vec<String> = counts.iter().map(|c| format!("({c})")).collect();
+    format!("SELECT {}", columns.join(",\n       "))
+});
+
+fn cleanup_preview(inner: &Inner, opts: &CleanupOptions, now: Timestamp) -> Result<CleanupReport> {
+    let cutoff = now.saturating_sub(opts.retention).as_unix_micros();
+    // A long-work reader: no write lock, no writer gate, never the inline reader.
+    inner.read_long(move |conn| {
+        Ok(conn.prepare_cached(&PREVIEW)?.query_row([cutoff], |r| {
+            let n = |i: usize| r.get::<_, i64>(i).map(count);
+            Ok(CleanupReport {
+                authorization_codes: n(0)?,
+                access_tokens: n(1)?,
+                refresh_tokens: n(2)?,
+                grants: n(3)?,
+                personal_access_tokens: n(4)?,
+                authorization_sessions: n(5)?,
+                login_failures: n(6)?,
+                login_sessions: n(7)?,
+                one_time_tokens: n(8)?,
+                ceremonies: n(9)?,
+                incomplete: false,
+            })
+        })?)
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -465,6 +576,16 @@ impl Maintenance for SqliteStore {
             .await
     }
 
+    async fn cleanup_preview(
+        &self,
+        options: &CleanupOptions,
+        now: Timestamp,
+    ) -> Result<CleanupReport> {
+        let options = *options;
+        self.blocking(move |inner| cleanup_preview(inner, &options, now))
+            .await
+    }
+
     async fn stats(&self, now: Timestamp) -> Result<Stats> {
         self.blocking(move |inner| stats(inner, now)).await
     }
@@ -502,17 +623,12 @@ mod tests {
     fn cleanup_statements_use_indexes() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate::migrate(&mut conn).unwrap();
-        let mut statements: Vec<(&str, usize)> = REFRESH.iter().map(|s| (*s, 2)).collect();
+        let mut statements: Vec<(&str, usize)> = ALL_DEAD_ROWS
+            .iter()
+            .flat_map(|k| k.delete.iter().map(|s| (*s, 2)))
+            .collect();
         statements.extend(GRANT_CHILDREN.iter().map(|s| (*s, 2)));
-        statements.extend(LOGIN_SESSIONS.iter().map(|s| (*s, 2)));
-        statements.extend(ONE_TIME_TOKENS.iter().map(|s| (*s, 2)));
         statements.extend([
-            (CODES, 2),
-            (ACCESS, 2),
-            (PATS, 2),
-            (SESSIONS, 2),
-            (LOGIN_FAILURES, 2),
-            (CEREMONIES, 2),
             (REVOKED_GRANTS, 2),
             (OLD_GRANTS, 4),
             (DELETE_EMPTY_GRANT, 1),
@@ -533,6 +649,68 @@ mod tests {
             p.iter().any(|l| l.starts_with("SCAN refresh_tokens")),
             "{p:#?}"
         );
+    }
+
+    const ALL_DEAD_ROWS: [DeadRows; 9] = [
+        CODES,
+        ACCESS,
+        REFRESH,
+        PATS,
+        SESSIONS,
+        LOGIN_FAILURES,
+        LOGIN_SESSIONS,
+        ONE_TIME_TOKENS,
+        CEREMONIES,
+    ];
+
+    /// The preview reads tables only through index searches.
+    #[test]
+    fn cleanup_preview_uses_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate::migrate(&mut conn).unwrap();
+        let p = plan(&conn, &PREVIEW, 1);
+        let tables = [
+            "grants",
+            "authorization_codes",
+            "access_tokens",
+            "refresh_tokens",
+            "personal_access_tokens",
+            "authorization_sessions",
+            "login_failures",
+            "login_sessions",
+            "one_time_tokens",
+            "ceremonies",
+        ];
+        for l in &p {
+            for t in tables {
+                let scanned = l.starts_with(&format!("SCAN {t} ")) || *l == format!("SCAN {t}");
+                assert!(!scanned, "{l}\n{p:#?}");
+            }
+        }
+        assert!(p.iter().any(|l| l.starts_with("SEARCH")), "{p:#?}");
+    }
+
+    /// The preview takes no write lock: it answers at once while another connection holds
+    /// the file's write lock (a write would wait `busy_timeout`, then fail as busy).
+    #[test]
+    fn cleanup_preview_takes_no_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let opts = SqliteOptions {
+            busy_timeout: Duration::from_millis(1),
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(&path, opts).unwrap();
+        // No runtime: long work runs inline.
+        crate::block_on(store.migrate()).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let preview = crate::block_on(store.cleanup_preview(&CleanupOptions::default(), T0));
+        assert_eq!(preview.unwrap(), CleanupReport::default());
+        // Whereas cleanup, which writes, is refused as busy.
+        let cleanup = crate::block_on(store.cleanup(&CleanupOptions::default(), T0));
+        assert!(matches!(cleanup, Err(Error::Backend { .. })), "{cleanup:?}");
+        other.execute_batch("ROLLBACK").unwrap();
     }
 
     /// Polls `fut` once.

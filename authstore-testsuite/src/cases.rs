@@ -1894,6 +1894,216 @@ pub async fn cleanup_batches_and_concurrency(h: Harness) {
     assert_eq!(s.stats().await.unwrap().access_tokens, Default::default());
 }
 
+/// Everything one preview and its store look like, to show the preview changed nothing.
+async fn preview_snapshot(
+    s: &Authstore,
+    h: &Harness,
+) -> (
+    authstore_core::backend::Stats,
+    Vec<authstore_core::AuditEvent>,
+) {
+    let mut stats = s.stats().await.unwrap();
+    if h.backend.backend_name() == "postgres" {
+        // The server's own upkeep (autovacuum) may resize relations at any moment.
+        stats.database_bytes = None;
+    }
+    let audit = s
+        .audit_events(&AuditQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (stats, audit)
+}
+
+/// `cleanup_preview` (cleanup --dry-run) reports exactly what an unbounded cleanup run
+/// right after deletes, by the same counting convention, and changes nothing.
+pub async fn cleanup_preview_matches_cleanup(h: Harness) {
+    use authstore_core::OneTimePurpose::{MagicLink, PasswordReset};
+    let (s, clock) = store(&h);
+    let (c, _) = web_client(&s, "read").await;
+    let (svc, _) = service_client(&s, "read").await;
+    let opts = TokenOptions::default();
+
+    // At START: what will be past retention two days later, and what will not.
+    let live = code_flow(&s, &c, "alice", "read").await; // refresh 30 d: keeps its grant
+    let rotated_from = code_flow(&s, &c, "bob", "read").await;
+    s.refresh(refresh_req(rt(&rotated_from), &c, &opts))
+        .await
+        .unwrap(); // the rotated token stays: reuse detection needs it
+    let revoked = code_flow(&s, &c, "carol", "read").await;
+    s.revoke_grant(revoked.grant_id).await.unwrap(); // its refresh token goes uncounted
+    let cc = s
+        .issue_client_credentials(svc.id, None, &opts)
+        .await
+        .unwrap(); // access token only: the grant is empty once it goes
+    s.issue_code(code_request(&c, "dave", "read"))
+        .await
+        .unwrap(); // an unused code: likewise
+    // Old grants something live still refers to: a code, an access token.
+    let three_days = Some(Duration::from_secs(3 * 86_400));
+    let mut slow_web = NewClient::confidential("slow web")
+        .redirect_uri(RedirectUri::new(REDIRECT).unwrap())
+        .scopes(scopes("read"));
+    slow_web.lifetimes.authorization_code = three_days;
+    let slow_web = s.create_client(slow_web).await.unwrap().client;
+    let live_code = s
+        .issue_code(code_request(&slow_web, "ivy", "read"))
+        .await
+        .unwrap();
+    let mut slow_svc = NewClient::confidential("slow service").scopes(scopes("read"));
+    slow_svc.lifetimes.access_token = three_days;
+    let slow_svc = s.create_client(slow_svc).await.unwrap().client;
+    let live_access = s
+        .issue_client_credentials(slow_svc.id, None, &opts)
+        .await
+        .unwrap();
+    let pat = |name: &str, expires_in: Option<Duration>| NewPat {
+        user: sub("alice"),
+        name: name.into(),
+        scope: scopes("read"),
+        expires_in,
+    };
+    s.issue_pat(pat("short", Some(SECOND))).await.unwrap();
+    s.issue_pat(pat("forever", None)).await.unwrap();
+    let revoked_pat = s.issue_pat(pat("revoked", None)).await.unwrap();
+    s.revoke_pat(revoked_pat.pat.id, None).await.unwrap();
+    let session = |state: &str| NewAuthorizationSession {
+        client_id: c.id,
+        redirect_uri: REDIRECT.into(),
+        scope: scopes("read"),
+        state: Some(state.into()),
+        code_challenge: Some(PkceChallenge::from_verifier(VERIFIER).unwrap()),
+        nonce: None,
+    };
+    let (_, completed) = s.create_authorization_session(session("a")).await.unwrap();
+    s.attach_subject(completed.secret(), &sub("alice"))
+        .await
+        .unwrap();
+    s.complete_authorization_session(completed.secret())
+        .await
+        .unwrap();
+    s.create_authorization_session(session("b")).await.unwrap(); // expires in 10 min
+    let u = person(&s, "olga").await;
+    s.set_password(u.id, &pw("olga's long password"), false)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(s.login("olga", &pw("a wrong guess"), None).await.is_err());
+    }
+    s.create_login_session(u.id, None, None).await.unwrap(); // idle for a day
+    let (ended, _) = s.create_login_session(u.id, None, None).await.unwrap();
+    s.revoke_login_session(ended.id, Some(u.id)).await.unwrap();
+    s.issue_one_time_token(u.id, PasswordReset).await.unwrap(); // superseded by the next
+    let (_, reset) = s.issue_one_time_token(u.id, PasswordReset).await.unwrap();
+    s.consume_one_time_token(reset.secret(), PasswordReset)
+        .await
+        .unwrap();
+    s.issue_one_time_token(u.id, MagicLink).await.unwrap(); // expires in 15 min
+    let ceremony_state = serde_json::json!({"rs": {"challenge": "abc"}});
+    s.start_ceremony(
+        authstore_core::CeremonyKind::Authentication,
+        None,
+        ceremony_state.clone(),
+    )
+    .await
+    .unwrap();
+
+    // Two days later (a day past retention), more that is recent: none of it goes.
+    clock.advance(Duration::from_secs(2 * 86_400 + 1));
+    let fresh = code_flow(&s, &c, "gina", "read").await;
+    let recently_revoked = code_flow(&s, &c, "hank", "read").await;
+    s.revoke_grant(recently_revoked.grant_id).await.unwrap();
+    s.issue_pat(pat("new", Some(SECOND))).await.unwrap();
+    s.create_authorization_session(session("c")).await.unwrap();
+    let (recent, _) = s.create_login_session(u.id, None, None).await.unwrap();
+    s.revoke_login_session(recent.id, Some(u.id)).await.unwrap();
+    s.create_login_session(u.id, None, None).await.unwrap();
+    s.issue_one_time_token(u.id, PasswordReset).await.unwrap();
+    assert!(
+        s.login("olga", &pw("another wrong one"), None)
+            .await
+            .is_err()
+    );
+    s.start_ceremony(
+        authstore_core::CeremonyKind::Registration,
+        Some(u.id),
+        ceremony_state,
+    )
+    .await
+    .unwrap();
+
+    // The preview changes nothing, and says the same twice; bounds are ignored.
+    let before = preview_snapshot(&s, &h).await;
+    let preview = s.cleanup_preview(&CleanupOptions::default()).await.unwrap();
+    assert_eq!(preview_snapshot(&s, &h).await, before, "the preview wrote");
+    let tiny = CleanupOptions {
+        batch_size: 1,
+        max_batches: 1,
+        time_budget: Some(Duration::ZERO),
+        ..CleanupOptions::default()
+    };
+    assert_eq!(s.cleanup_preview(&tiny).await.unwrap(), preview);
+    // Only retention matters: with a longer one nothing is old enough yet.
+    let long = CleanupOptions {
+        retention: Duration::from_secs(3 * 86_400),
+        ..CleanupOptions::default()
+    };
+    assert_eq!(s.cleanup_preview(&long).await.unwrap(), Default::default());
+
+    // What cleanup's rules say, counted as cleanup counts.
+    let expected = authstore_core::backend::CleanupReport {
+        authorization_codes: 4,    // alice, bob, carol, dave
+        access_tokens: 5,          // alice, bob x2, carol, client_credentials
+        refresh_tokens: 0,         // carol's goes with her grant, uncounted; the rest live
+        grants: 3,                 // carol (revoked), client_credentials and dave (emptied)
+        personal_access_tokens: 2, // "short" (expired) and "revoked"
+        authorization_sessions: 2, // the completed and the expired one
+        // Two failed logins, two rows each: the attempt against the user, the failure
+        // against the source.
+        login_failures: 4,
+        login_sessions: 2,  // idle-expired and revoked
+        one_time_tokens: 3, // superseded, used, expired
+        ceremonies: 1,
+        incomplete: false,
+    };
+    assert_eq!(preview, expected);
+
+    // An unbounded cleanup (in many small batches) right after deletes exactly that.
+    let unbounded = CleanupOptions {
+        batch_size: 2,
+        max_batches: 100_000,
+        time_budget: None,
+        ..CleanupOptions::default()
+    };
+    let report = s.cleanup(&unbounded).await.unwrap();
+    assert_eq!(report, preview);
+
+    // After it, a preview finds nothing; what was kept is still there.
+    assert_eq!(
+        s.cleanup_preview(&CleanupOptions::default()).await.unwrap(),
+        Default::default()
+    );
+    assert_eq!(
+        s.cleanup(&CleanupOptions::default()).await.unwrap(),
+        Default::default()
+    );
+    s.grant(live.grant_id).await.unwrap();
+    s.grant(live_code.grant_id).await.unwrap();
+    s.grant(live_access.grant_id).await.unwrap();
+    s.grant(rotated_from.grant_id).await.unwrap();
+    s.grant(fresh.grant_id).await.unwrap();
+    s.grant(recently_revoked.grant_id).await.unwrap();
+    for gone in [revoked.grant_id, cc.grant_id] {
+        assert!(matches!(s.grant(gone).await, Err(Error::NotFound { .. })));
+    }
+    assert!(matches!(
+        s.refresh(refresh_req(rt(&rotated_from), &c, &opts)).await,
+        Err(Error::RefreshReuse { .. })
+    ));
+}
+
 /// Stats count per kind: active, expired, revoked, used.
 pub async fn stats_counts(h: Harness) {
     let (s, clock) = store(&h);

@@ -106,6 +106,7 @@ macro_rules! conformance_tests {
             audit_queries,
             cleanup_keeps_live_data,
             cleanup_batches_and_concurrency,
+            cleanup_preview_matches_cleanup,
             stats_counts,
             bad_input_changes_nothing,
             secrets_never_shown,
