@@ -834,8 +834,9 @@ pub trait Maintenance: Debug + Send + Sync + 'static {
     /// - access tokens with `expires_at <= cutoff` or `revoked_at <= cutoff`;
     /// - refresh tokens with `expires_at <= cutoff`, `idle_expires_at <= cutoff` or
     ///   `revoked_at <= cutoff` (a rotated token is kept until then: reuse detection needs it);
-    /// - grants revoked at or before `cutoff` (with whatever remains of them), and grants
-    ///   created at or before `cutoff` that have no code, access or refresh token left;
+    /// - grants revoked at or before `cutoff` (with whatever remains of them), and unrevoked
+    ///   grants created at or before `cutoff` that have no code, access or refresh token left
+    ///   (a grant revoked after `cutoff` waits for its own retention window);
     /// - PATs with `expires_at <= cutoff` or `revoked_at <= cutoff`;
     /// - authorization sessions with `expires_at <= cutoff` or `completed_at <= cutoff`;
     /// - login failures recorded at or before `cutoff` (after grants);

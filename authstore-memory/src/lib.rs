@@ -253,7 +253,8 @@ fn grant_dead(row: &state::GrantRow, cutoff: Timestamp) -> bool {
 /// Cleanup's rule for grants, given whether nothing is left of the grant (`empty`, asked
 /// only when the grant was created at or before the cutoff and not revoked by then).
 fn grant_dead_if(row: &state::GrantRow, cutoff: Timestamp, empty: impl FnOnce() -> bool) -> bool {
-    le(row.grant.revoked_at, cutoff) || (row.grant.created_at <= cutoff && empty())
+    le(row.grant.revoked_at, cutoff)
+        || (row.grant.created_at <= cutoff && row.grant.revoked_at.is_none() && empty())
 }
 
 /// Whether nothing of the grant is left once cleanup's code and token passes (which run

@@ -1919,6 +1919,39 @@ async fn preview_snapshot(
 
 /// `cleanup_preview` (cleanup --dry-run) reports exactly what an unbounded cleanup run
 /// right after deletes, by the same counting convention, and changes nothing.
+/// An empty grant revoked recently is kept for the retention window like any other revoked
+/// row (its revocation stays visible), then goes; the preview agrees at each step.
+pub async fn cleanup_keeps_recently_revoked_empty_grants(h: Harness) {
+    let (s, clock) = store(&h);
+    let (svc, _) = service_client(&s, "read").await;
+    let t = s
+        .issue_client_credentials(svc.id, None, &TokenOptions::default())
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(3 * 86_400));
+    // The token is long dead; the grant is old. Revoke it now: revoked after the cutoff.
+    s.revoke_grant(t.grant_id).await.unwrap();
+    let unbounded = CleanupOptions {
+        time_budget: None,
+        ..Default::default()
+    };
+    let preview = s.cleanup_preview(&unbounded).await.unwrap();
+    let r = s.cleanup(&unbounded).await.unwrap();
+    assert_eq!(preview, r);
+    assert_eq!(r.access_tokens, 1, "{r:?}");
+    assert_eq!(
+        r.grants, 0,
+        "a grant revoked within the retention window stays: {r:?}"
+    );
+    assert!(s.grant(t.grant_id).await.unwrap().revoked_at.is_some());
+    clock.advance(Duration::from_secs(2 * 86_400));
+    let preview = s.cleanup_preview(&unbounded).await.unwrap();
+    let r = s.cleanup(&unbounded).await.unwrap();
+    assert_eq!(preview, r);
+    assert_eq!(r.grants, 1, "{r:?}");
+    assert!(s.grant(t.grant_id).await.is_err());
+}
+
 pub async fn cleanup_preview_matches_cleanup(h: Harness) {
     use authstore_core::OneTimePurpose::{MagicLink, PasswordReset};
     let (s, clock) = store(&h);

@@ -107,6 +107,7 @@ macro_rules! conformance_tests {
             cleanup_keeps_live_data,
             cleanup_batches_and_concurrency,
             cleanup_preview_matches_cleanup,
+            cleanup_keeps_recently_revoked_empty_grants,
             stats_counts,
             bad_input_changes_nothing,
             secrets_never_shown,
