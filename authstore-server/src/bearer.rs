@@ -8,12 +8,13 @@
 //!
 //! | case | answer |
 //! |---|---|
-//! | no `Authorization` header | 401, `WWW-Authenticate: Bearer realm="…"` |
-//! | not the Bearer scheme, several headers, not ASCII | 400, `error="invalid_request"` |
+//! | no `Authorization` header, or another scheme (e.g. `Basic`) | 401, `WWW-Authenticate: Bearer realm="…"` (RFC 6750 §3.1: no error code) |
+//! | several `Authorization` headers, not ASCII, an empty token | 400, `error="invalid_request"` |
 //! | unknown, expired, revoked, malformed token | 401, `error="invalid_token"` |
 //! | a sender-constrained (DPoP or mTLS) token presented as a plain bearer token | 401, `error="invalid_token"` |
 //! | the token lacks a required scope | 403, `error="insufficient_scope", scope="…"` |
 //! | the store is temporarily unreachable | 503 with `Retry-After: 1` |
+//! | any other store failure | 500 (logged; the client must not discard a good token) |
 //!
 //! ```no_run
 //! use authstore_server::bearer::{BearerAuth, BearerLayer};
@@ -103,10 +104,14 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerAuth {
     /// Reads what [`BearerLayer`] stored. A route reached without the layer is a wiring
     /// mistake: it answers 500 and logs it, rather than letting a request through.
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<BearerAuth>().cloned().ok_or_else(|| {
-            tracing::error!("BearerAuth extractor used on a route without BearerLayer");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        })
+        parts
+            .extensions
+            .get::<BearerAuth>()
+            .cloned()
+            .ok_or_else(|| {
+                tracing::error!("BearerAuth extractor used on a route without BearerLayer");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            })
     }
 }
 
@@ -175,16 +180,17 @@ impl BearerLayer {
     pub fn realm(self, realm: &str) -> Result<Self, authstore_core::Error> {
         if realm.is_empty()
             || realm.len() > 100
-            || !realm.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+            || !realm
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
         {
             return Err(authstore_core::Error::invalid(
                 "realm",
                 "1 to 100 printable ASCII characters without '\"' or '\\'",
             ));
         }
-        let value = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\"")).map_err(|_| {
-            authstore_core::Error::invalid("realm", "not a valid header value")
-        })?;
+        let value = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
+            .map_err(|_| authstore_core::Error::invalid("realm", "not a valid header value"))?;
         let realm = realm.to_owned();
         Ok(self.edit(|c| {
             c.realm = value;
@@ -231,21 +237,30 @@ enum Refusal {
     InvalidToken(&'static str),
     InsufficientScope,
     Unavailable,
+    Internal,
 }
 
 impl Config {
     fn refuse(&self, r: Refusal) -> Response {
         let realm = &self.realm_text;
         let (status, challenge, retry) = match r {
-            Refusal::Missing => (StatusCode::UNAUTHORIZED, format!("Bearer realm=\"{realm}\""), false),
+            Refusal::Missing => (
+                StatusCode::UNAUTHORIZED,
+                format!("Bearer realm=\"{realm}\""),
+                false,
+            ),
             Refusal::InvalidRequest(d) => (
                 StatusCode::BAD_REQUEST,
-                format!("Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{d}\""),
+                format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{d}\""
+                ),
                 false,
             ),
             Refusal::InvalidToken(d) => (
                 StatusCode::UNAUTHORIZED,
-                format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{d}\""),
+                format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{d}\""
+                ),
                 false,
             ),
             Refusal::InsufficientScope => (
@@ -261,6 +276,7 @@ impl Config {
                 format!("Bearer realm=\"{realm}\""),
                 true,
             ),
+            Refusal::Internal => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         };
         let mut resp = status.into_response();
         let value = HeaderValue::from_str(&challenge).unwrap_or_else(|_| self.realm.clone());
@@ -276,14 +292,26 @@ impl Config {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let value = values.next().ok_or(Refusal::Missing)?;
         if values.next().is_some() {
-            return Err(Refusal::InvalidRequest("more than one Authorization header"));
+            return Err(Refusal::InvalidRequest(
+                "more than one Authorization header",
+            ));
         }
         let value = value
             .to_str()
             .map_err(|_| Refusal::InvalidRequest("the Authorization header is not ASCII"))?;
         let token = match value.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            _ => return Err(Refusal::InvalidRequest("use the Bearer scheme")),
+            // Another scheme is no bearer token at all (RFC 6750 §3.1).
+            _ if !value
+                .get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("bearer ")) =>
+            {
+                if value.eq_ignore_ascii_case("bearer") {
+                    return Err(Refusal::InvalidRequest("the bearer token is empty"));
+                }
+                return Err(Refusal::Missing);
+            }
+            _ => return Err(Refusal::InvalidRequest("the bearer token is empty")),
         };
         if token.is_empty() {
             return Err(Refusal::InvalidRequest("the bearer token is empty"));
@@ -297,9 +325,14 @@ impl Config {
         let result = if is_pat {
             if !self.accept_pats {
                 crate::metrics::token_validated(false);
-                return Err(Refusal::InvalidToken("personal access tokens are not accepted here"));
+                return Err(Refusal::InvalidToken(
+                    "personal access tokens are not accepted here",
+                ));
             }
-            store.validate_pat(token).await.map(BearerAuth::PersonalAccessToken)
+            store
+                .validate_pat(token)
+                .await
+                .map(BearerAuth::PersonalAccessToken)
         } else {
             store
                 .validate_access_token(token)
@@ -312,16 +345,18 @@ impl Config {
                 tracing::warn!(code = e.code(), error = %e, "bearer validation: store unavailable");
                 return Err(Refusal::Unavailable);
             }
-            Err(e) => {
-                if !matches!(
-                    e,
-                    authstore_core::Error::Inactive { .. }
-                        | authstore_core::Error::MalformedToken { .. }
-                ) {
-                    tracing::warn!(code = e.code(), error = %e, "bearer validation failed");
-                }
+            Err(
+                authstore_core::Error::Inactive { .. }
+                | authstore_core::Error::MalformedToken { .. },
+            ) => {
                 crate::metrics::token_validated(false);
-                return Err(Refusal::InvalidToken("the token is invalid, expired or revoked"));
+                return Err(Refusal::InvalidToken(
+                    "the token is invalid, expired or revoked",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(code = e.code(), error = %e, "bearer validation: store error");
+                return Err(Refusal::Internal);
             }
         };
         crate::metrics::token_validated(true);
@@ -400,7 +435,11 @@ mod tests {
         for a in auth {
             b = b.header("authorization", *a);
         }
-        let resp = app.clone().oneshot(b.body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .clone()
+            .oneshot(b.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let www = resp
             .headers()
@@ -431,13 +470,11 @@ mod tests {
     #[tokio::test]
     async fn rfc6750_answers() {
         let t = TestServer::new();
-        let app = app(
-            BearerLayer::new(t.store.clone())
-                .require_scopes("read")
-                .unwrap()
-                .realm("api")
-                .unwrap(),
-        );
+        let app = app(BearerLayer::new(t.store.clone())
+            .require_scopes("read")
+            .unwrap()
+            .realm("api")
+            .unwrap());
         let good = token(&t, "read write", &TokenOptions::default()).await;
         let narrow = token(&t, "write", &TokenOptions::default()).await;
 
@@ -446,19 +483,31 @@ mod tests {
         assert_eq!(body, "- read write");
         assert!(www.is_none());
         // The scheme is case-insensitive (RFC 7235 §2.1).
-        assert_eq!(call(&app, &[&format!("bearer {good}")]).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&app, &[&format!("bearer {good}")]).await.0,
+            StatusCode::OK
+        );
 
         let (s, www, _) = call(&app, &[]).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert_eq!(www.unwrap(), "Bearer realm=\"api\"");
 
-        for bad in [format!("Basic {good}"), "Bearer ".into(), good.clone()] {
-            let (s, www, _) = call(&app, &[&bad]).await;
-            assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        // Another scheme, or none: no bearer token was presented (RFC 6750 §3.1).
+        for other in [format!("Basic {good}"), good.clone(), "Digest x=y".into()] {
+            let (s, www, _) = call(&app, &[&other]).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{other}");
+            assert_eq!(www.unwrap(), "Bearer realm=\"api\"", "{other}");
+        }
+        for bad in ["Bearer ", "Bearer", "bearer    "] {
+            let (s, www, _) = call(&app, &[bad]).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{bad:?}");
             assert!(www.unwrap().contains("error=\"invalid_request\""));
         }
         let twice = format!("Bearer {good}");
-        assert_eq!(call(&app, &[&twice, &twice]).await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            call(&app, &[&twice, &twice]).await.0,
+            StatusCode::BAD_REQUEST
+        );
 
         for bad in [
             "at_notatoken",
@@ -473,7 +522,10 @@ mod tests {
         let (s, www, _) = call(&app, &[&format!("Bearer {narrow}")]).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         let www = www.unwrap();
-        assert!(www.contains("error=\"insufficient_scope\"") && www.contains("scope=\"read\""), "{www}");
+        assert!(
+            www.contains("error=\"insufficient_scope\"") && www.contains("scope=\"read\""),
+            "{www}"
+        );
 
         // Revocation is visible at once.
         t.store.revoke_token(&good, None, None).await.unwrap();
@@ -488,10 +540,17 @@ mod tests {
         let t = TestServer::new();
         let layer = BearerLayer::new(t.store.clone());
         let at = token(&t, "read", &TokenOptions::default()).await;
-        assert_eq!(call(&app(layer.clone()), &[&format!("Bearer {at}")]).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&app(layer.clone()), &[&format!("Bearer {at}")])
+                .await
+                .0,
+            StatusCode::OK
+        );
         t.clock.advance(Duration::from_secs(24 * 3600));
         assert_eq!(
-            call(&app(layer.clone()), &[&format!("Bearer {at}")]).await.0,
+            call(&app(layer.clone()), &[&format!("Bearer {at}")])
+                .await
+                .0,
             StatusCode::UNAUTHORIZED,
             "expired"
         );
@@ -508,8 +567,15 @@ mod tests {
             .await
             .unwrap();
         let pat = format!("Bearer {}", pat.secret.secret());
-        assert_eq!(call(&app(layer.clone()), &[&pat]).await.0, StatusCode::UNAUTHORIZED);
-        let (s, _, body) = call(&app(layer.clone().accept_personal_access_tokens(true)), &[&pat]).await;
+        assert_eq!(
+            call(&app(layer.clone()), &[&pat]).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (s, _, body) = call(
+            &app(layer.clone().accept_personal_access_tokens(true)),
+            &[&pat],
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(body, "user-1 read");
 
@@ -533,8 +599,15 @@ mod tests {
     fn realm_is_checked() {
         let t = TestServer::new();
         for bad in ["", "a\"b", "a\\b", "\u{e9}", &"x".repeat(101)] {
-            assert!(BearerLayer::new(t.store.clone()).realm(bad).is_err(), "{bad:?}");
+            assert!(
+                BearerLayer::new(t.store.clone()).realm(bad).is_err(),
+                "{bad:?}"
+            );
         }
-        assert!(BearerLayer::new(t.store.clone()).require_scopes("a\"b").is_err());
+        assert!(
+            BearerLayer::new(t.store.clone())
+                .require_scopes("a\"b")
+                .is_err()
+        );
     }
 }

@@ -18,11 +18,16 @@ pub(crate) enum Public {
     Refused,
 }
 
-/// Authenticates the client of a request, then applies the per-client rate limit.
+/// Authenticates the client of a request, then applies the per-client rate limit to
+/// confidential clients.
 ///
-/// Failures are 401 `invalid_client`, with `WWW-Authenticate: Basic` when the client tried
-/// HTTP Basic or sent no credentials at all. Sending credentials two ways, or a `client_id`
-/// that differs from the Basic one, is `invalid_request`.
+/// Failures are 401 `invalid_client` with `WWW-Authenticate: Basic` (RFC 9110 §15.5.2: every
+/// 401 carries a challenge). Sending credentials two ways, or a `client_id` that differs from
+/// the Basic one, is `invalid_request`.
+///
+/// A public client proves nothing by naming its `client_id`, so it gets no per-client
+/// bucket: anyone could otherwise drain it and lock the real application out. Its requests
+/// are bounded by the per-address limit and by the grant checks (PKCE, rotation).
 pub(crate) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
@@ -90,7 +95,9 @@ pub(crate) async fn authenticate(
             }
         },
     };
-    state.limits.check_client(client.id)?;
+    if client.client_type == ClientType::Confidential {
+        state.limits.check_client(client.id)?;
+    }
     Ok(client)
 }
 

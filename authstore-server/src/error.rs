@@ -53,10 +53,12 @@ impl OAuthError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", d)
     }
 
-    /// 401 `invalid_client`; with `basic`, the `WWW-Authenticate: Basic` challenge.
-    pub(crate) fn invalid_client(d: impl Into<Cow<'static, str>>, basic: bool) -> Self {
+    /// 401 `invalid_client` with the `WWW-Authenticate: Basic` challenge (every 401 carries
+    /// one, RFC 9110 §15.5.2, whichever way the client sent its credentials). `_basic` says
+    /// whether the client tried HTTP Basic; kept for the call sites' clarity.
+    pub(crate) fn invalid_client(d: impl Into<Cow<'static, str>>, _basic: bool) -> Self {
         Self {
-            basic_challenge: basic,
+            basic_challenge: true,
             ..Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d)
         }
     }

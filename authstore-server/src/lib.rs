@@ -113,6 +113,9 @@ pub struct ServerConfig {
     /// installed another `metrics` recorder, `/metrics` answers 404 and the metrics go to
     /// that recorder.
     pub metrics: bool,
+    /// Answer `/metrics` to any peer, not only loopback ones. Default off: scrape from the
+    /// same host, or put the scraper behind a proxy that adds authentication.
+    pub metrics_allow_remote: bool,
 }
 
 impl ServerConfig {
@@ -128,6 +131,7 @@ impl ServerConfig {
             max_body_bytes: 64 * 1024,
             max_header_bytes: 16 * 1024,
             metrics: true,
+            metrics_allow_remote: false,
         })
     }
 
@@ -171,19 +175,111 @@ pub fn router(store: Authstore, config: ServerConfig) -> Result<Router, ServerEr
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
-/// requests in flight to finish. Each request sees its peer address (for rate limits, login
-/// attempts and login sessions).
+/// requests in flight to finish (at most [`ServeOptions::shutdown_grace`]). Each request
+/// sees its peer address (for rate limits, login attempts and login sessions). Uses
+/// [`ServeOptions::default`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_with(listener, app, shutdown, ServeOptions::default()).await
+}
+
+/// Connection-level limits of [`serve_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// A client must send a request's whole header within this time, or the connection is
+    /// closed (slow-header attacks hold connections open otherwise: the request timeout only
+    /// starts once the header is in). Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog. Default 4096.
+    pub max_connections: usize,
+    /// After `shutdown`, how long requests in flight may take before the server stops
+    /// anyway. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// [`serve`] with explicit connection limits.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break, // the semaphore is never closed; stop rather than spin
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req
+            },
+        );
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(options.shutdown_grace) => {
+            tracing::warn!("requests still in flight after the shutdown grace period: stopping");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

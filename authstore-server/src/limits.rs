@@ -109,9 +109,9 @@ impl Limits {
         check(&self.client, &id, &self.checks)
     }
 
-    /// The per-address limit of the OAuth endpoints.
+    /// The per-address limit of the OAuth endpoints and the authorization pages.
     pub(crate) fn check_address(&self, ip: IpAddr) -> Result<(), OAuthError> {
-        check(&self.address, &ip, &self.checks)
+        check(&self.address, &address_key(ip), &self.checks)
     }
 
     /// The per-address limit of the login form. Returns the seconds to wait when refused.
@@ -122,6 +122,21 @@ impl Limits {
             }
             None => Ok(()),
         }
+    }
+}
+
+/// The key an address is limited under: IPv4 as is, IPv6 by its /64 (one subscriber
+/// usually holds a whole /64, so per-/128 keys would be free to rotate through).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -216,6 +231,23 @@ mod tests {
         let e = l.check_client(id).unwrap_err();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(e.retry_after.unwrap() >= 1);
+        // IPv6 addresses share a bucket per /64; mapped IPv4 is the IPv4 address.
+        let l6 = Limits::new(RateLimit::OFF, RateLimit::per_second(1, 2), RateLimit::OFF);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l6.check_address(a).is_ok());
+        assert!(l6.check_address(b).is_ok());
+        assert!(l6.check_address(a).is_err(), "same /64");
+        assert!(l6.check_address(c).is_ok(), "another /64");
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert!(l6.check_address(v4).is_ok());
+        assert!(l6.check_address(mapped).is_ok());
+        assert!(
+            l6.check_address(v4).is_err(),
+            "mapped IPv4 is the IPv4 address"
+        );
         // Off means off.
         for _ in 0..1000 {
             assert!(l.check_address(IpAddr::from([127, 0, 0, 1])).is_ok());

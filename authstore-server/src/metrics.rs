@@ -56,7 +56,18 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    // Standard methods only: a client can invent any method name, and each would be a new
+    // series kept forever.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "other",
+    };
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
@@ -67,8 +78,13 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
-/// `GET /metrics`.
-pub(crate) async fn render(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: to loopback peers only, unless `metrics_allow_remote` (the page tells
+/// login failure rates and traffic, which is not for everyone).
+pub(crate) async fn render(State(state): State<AppState>, req: Request) -> Response {
+    let local = crate::limits::peer_ip(&req).is_some_and(|ip| ip.is_loopback());
+    if !local && !state.config.metrics_allow_remote {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
     match &state.metrics {
         Some(h) => {
             h.run_upkeep();
@@ -136,5 +152,86 @@ pub(crate) fn cleanup(report: Result<&authstore_core::backend::CleanupReport, ()
         Err(()) => {
             metrics::counter!("authstore_cleanup_runs_total", "result" => "error").increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::TestServer;
+    use axum::body::Body;
+    use axum::extract::connect_info::MockConnectInfo;
+    use axum::http::{Method, Request, StatusCode};
+    use std::net::SocketAddr;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn methods_are_bounded_and_remote_peers_get_nothing() {
+        let t = TestServer::new();
+        for i in 0..5 {
+            let m = Method::from_bytes(format!("X{i}INVENTED").as_bytes()).unwrap();
+            t.send(
+                Request::builder()
+                    .method(m)
+                    .uri("/healthz")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        }
+        let page = t.get("/metrics", &[]).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(
+            page.body.contains("authstore_http_requests_total"),
+            "{}",
+            page.body
+        );
+        assert!(page.body.contains("method=\"other\""), "{}", page.body);
+        assert!(
+            !page.body.contains("INVENTED"),
+            "an invented method became a label"
+        );
+
+        // The same server seen from another host: no metrics.
+        let remote = crate::router(
+            t.store.clone(),
+            crate::ServerConfig::new("http://127.0.0.1:8080").unwrap(),
+        )
+        .unwrap()
+        .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 9], 5000))));
+        let resp = remote
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let mut open = crate::ServerConfig::new("http://127.0.0.1:8080").unwrap();
+        open.metrics_allow_remote = true;
+        let remote = crate::router(t.store.clone(), open)
+            .unwrap()
+            .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 9], 5000))));
+        let resp = remote
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_authorization_pages_are_rate_limited_per_address() {
+        let t =
+            TestServer::with_config(|c| c.address_rate_limit = crate::RateLimit::per_second(1, 3));
+        let before = t.store.stats().await.unwrap();
+        let mut limited = 0;
+        for _ in 0..6 {
+            let r = t
+                .get("/authorize?response_type=code&client_id=nope", &[])
+                .await;
+            if r.status == StatusCode::TOO_MANY_REQUESTS {
+                assert!(r.header("retry-after").is_some());
+                limited += 1;
+            }
+        }
+        assert!(limited >= 2, "{limited}");
+        assert_eq!(t.store.stats().await.unwrap(), before);
     }
 }

@@ -89,7 +89,14 @@ pub(crate) fn build(state: AppState) -> Router {
         ));
     let mut app = Router::new()
         .merge(oauth)
-        .merge(authorize::routes())
+        // The pages write (an authorization session per GET, a login attempt per POST):
+        // they get the per-address limit too (the login form has its own, stricter one).
+        .merge(
+            authorize::routes().route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                limits::by_address,
+            )),
+        )
         .merge(metadata::routes())
         .route(paths::HEALTHZ, get(health::healthz))
         .route(paths::READYZ, get(health::readyz));

@@ -589,6 +589,8 @@ mod tests {
             )
             .await;
         assert_eq!(oauth_error(&r, 401), "invalid_client");
+        // Every 401 carries a challenge (RFC 9110 §15.5.2), body credentials included.
+        assert!(r.header("www-authenticate").unwrap().starts_with("Basic"));
         // No credentials at all.
         let r = t.post_form(TOKEN, cc, &[]).await;
         assert_eq!(oauth_error(&r, 401), "invalid_client");
@@ -1123,6 +1125,13 @@ mod tests {
         // ... and it covers introspection too.
         let r = post_as(&t, crate::paths::INTROSPECT, &c, "token=at_x").await;
         assert_eq!(oauth_error(&r, 429), "temporarily_unavailable");
+        // A public client is identified by its id alone, which anyone can send: it has no
+        // per-client bucket for an attacker to drain (the per-address limit applies).
+        let p = public(&t).await;
+        for _ in 0..10 {
+            let r = post_as(&t, TOKEN, &p, "grant_type=refresh_token&refresh_token=rt_x").await;
+            assert_eq!(oauth_error(&r, 400), "invalid_grant");
+        }
     }
 
     /// A `tracing` writer into a shared buffer.
@@ -1214,7 +1223,8 @@ mod tests {
             &format!("token={}", enc(&at2)),
         )
         .await;
-        assert_eq!(r.status, 400);
+        // Another client's token: ignored, answered like an unknown one.
+        assert_eq!(r.status, 200);
         let r = post_as(
             &t,
             crate::paths::REVOKE,
