@@ -8,6 +8,8 @@
 //! | `sqlite://path/to/file.db`, `sqlite:///abs/path.db`, `sqlite:file.db` (query: `readers`, `busy_timeout_ms`, `synchronous`) | [`authstore_sqlite::SqliteStore`] |
 //! | `postgres://user:password@host:5432/db`, `postgresql://…` (query: `pool_size`, `connect_timeout`, `statement_timeout`, `schema`, `sslmode`; see docs/POSTGRES.md) | [`authstore_postgres::PostgresStore`] |
 
+pub mod keys;
+
 use std::sync::Arc;
 
 pub use authstore_core as core;
@@ -40,8 +42,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Backend>> {
     }
 }
 
-/// A URL with any password removed, for error messages.
-fn redact_url(url: &str) -> String {
+/// A store URL with its credentials removed (`postgres://u:pw@host/db` becomes
+/// `postgres://[redacted]@host/db`), for messages and logs; at most 200 characters of a URL
+/// without credentials.
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://[redacted]@{}", &url[..s], &url[at + 1..]),
         _ => url.chars().take(200).collect(),
