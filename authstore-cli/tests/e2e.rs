@@ -27,6 +27,8 @@ type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointSet, EndpointSet,
 
 /// Where a deployment keeps its data, and how the binary reaches it.
 struct Deployment {
+    /// Where the data lands, and the time from which files there are this test's.
+    scan: Vec<(PathBuf, Option<std::time::SystemTime>)>,
     data: tempfile::TempDir,
     logs: tempfile::TempDir,
     url: String,
@@ -40,6 +42,7 @@ impl Deployment {
         let data = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", data.path().join("authstore.db").display());
         Self {
+            scan: vec![(data.path().to_path_buf(), None)],
             data,
             logs: tempfile::tempdir().unwrap(),
             url,
@@ -76,7 +79,19 @@ impl Deployment {
             );
             String::from_utf8(out.stdout).unwrap()
         };
+        // The server's data directory: WAL and table files written during this test (every
+        // row written reaches the WAL at commit).
+        let ctl = std::env::var("AUTHSTORE_TEST_POSTGRES_CTL").expect(
+            "AUTHSTORE_TEST_POSTGRES_CTL (set by ./scripts/test) names the server's pg_ctl wrapper",
+        );
+        let pgdata = Path::new(&ctl).parent().unwrap().join("data");
+        #[allow(clippy::disallowed_methods)] // file times are wall-clock times
+        let since = std::time::SystemTime::now() - Duration::from_secs(2);
         Self {
+            scan: vec![
+                (pgdata.join("pg_wal"), Some(since)),
+                (pgdata.join("base"), Some(since)),
+            ],
             url: format!("{base}{sep}schema={schema}"),
             env: vec![
                 ("AUTHSTORE_TOKEN_KEYS".into(), keys(false)),
@@ -561,8 +576,11 @@ async fn journey(d: Deployment) {
 
     // Nothing secret in clear: not in the data directory (database, WAL, key files), not in
     // the logs.
-    scan(d.data.path(), &secrets);
-    scan(d.logs.path(), &secrets);
+    for (dir, since) in &d.scan {
+        let n = scan(dir, &secrets, *since);
+        assert!(n > 0, "nothing scanned under {}", dir.display());
+    }
+    assert!(scan(d.logs.path(), &secrets, None) > 0);
     let logs: usize = std::fs::read_dir(d.logs.path())
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len() as usize)
@@ -596,33 +614,55 @@ fn assert_grant_error<RE: std::error::Error + 'static>(
     }
 }
 
-/// Every file under `dir`: none contains any secret, nor a 16-byte window of one.
-fn scan(dir: &Path, secrets: &Secrets) {
+/// Every file under `dir` (modified at or after `since`, when given): none contains any
+/// secret, nor a 16-byte window of one. Returns how many files were scanned.
+fn scan(dir: &Path, secrets: &Secrets, since: Option<std::time::SystemTime>) -> usize {
+    const W: usize = 16;
+    // Every window of every secret, keyed by its first 8 bytes: one pass over each file.
+    let mut windows: std::collections::HashMap<u64, Vec<&[u8]>> = Default::default();
+    for s in &secrets.0 {
+        let s = s.as_bytes();
+        for win in s.windows(W.min(s.len())) {
+            let mut k = [0u8; 8];
+            k[..win.len().min(8)].copy_from_slice(&win[..win.len().min(8)]);
+            windows.entry(u64::from_le_bytes(k)).or_default().push(win);
+        }
+    }
     let mut files = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
-        for e in std::fs::read_dir(&p).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for e in entries {
             let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
                 stack.push(e.path());
                 continue;
             }
+            if since.is_some_and(|t| meta.modified().unwrap() < t) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
             files += 1;
-            let bytes = std::fs::read(e.path()).unwrap();
-            for s in &secrets.0 {
-                let s = s.as_bytes();
-                let w = 16.min(s.len());
-                for win in s.windows(w).step_by(4) {
-                    assert!(
-                        !bytes.windows(w).any(|b| b == win),
-                        "{} holds part of a secret in clear",
-                        e.path().display()
-                    );
+            for i in 0..bytes.len().saturating_sub(8) {
+                let k = u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+                if let Some(cands) = windows.get(&k) {
+                    for win in cands {
+                        assert!(
+                            !bytes[i..].starts_with(win),
+                            "{} holds part of a secret in clear",
+                            e.path().display()
+                        );
+                    }
                 }
             }
         }
     }
-    assert!(files > 0, "scanned {}", dir.display());
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,21 @@
 //! The front channel: the authorization endpoint (RFC 6749 §4.1.1 with PKCE, RFC 7636,
-//! RFC 9700, RFC 9207), the login page and the consent page.
+//! RFC 9700, RFC 9207), the login page, the second-factor page and the consent page.
 //!
 //! `GET /authorize` checks the client and the redirect URI first: while either is in doubt
 //! nothing redirects, the browser gets an HTML error page (RFC 6749 §4.1.2.1, no open
 //! redirector). Every later error redirects to the client with `error`, `state` and `iss`.
-//! A valid request becomes an authorization session (`as_…` handle) that the login and
-//! consent forms carry; both forms are CSRF-protected ([`crate::csrf`]). A browser with a
-//! valid login session (`authstore_session` cookie) skips the login page, and a remembered
-//! consent that covers the requested scope skips the consent page.
+//! A valid request becomes an authorization session (`as_…` handle) that the login,
+//! second-factor and consent forms carry; every form is CSRF-protected ([`crate::csrf`]).
+//! A user with a TOTP enrolment signs in with the password, then a TOTP or recovery code
+//! ([`crate::mfa`]); only then is the login session made. A browser with a valid login
+//! session (`authstore_session` cookie, plus its second-factor proof for a user with a
+//! TOTP enrolment) skips the login page, and a remembered consent that covers the requested
+//! scope skips the consent page.
+//!
+//! Anything sent back to a redirect URI after the first request (from the forms, or from a
+//! stored authorization session) is sent only while the client, read again for that
+//! request, is enabled and still has that redirect URI registered; otherwise the browser
+//! gets an error page and the request ends.
 //!
 //! Nothing here logs a form, a query string, a cookie, a handle or a code.
 
@@ -15,9 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use authstore_core::identity::subject_of;
 use authstore_core::{
-    AuthContext, AuthorizationSession, Client, ClientId, ClientType, CodeRequest,
-    Error as CoreError, LoginSession, NewAuthorizationSession, Password, PkceChallenge, Scopes,
-    Subject, UserId,
+    AuthorizationSession, Client, ClientId, ClientType, CodeRequest, Error as CoreError,
+    LoginSession, NewAuthorizationSession, Password, PkceChallenge, Scopes, Subject, UserId,
 };
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -26,15 +33,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::form::FormParams;
+use crate::mfa::{self, Method, TicketError};
 use crate::pages::{self, FormContext, FormTarget};
 use crate::state::AppState;
 use crate::{cookies, csrf, metrics, paths};
 
-/// `GET /authorize`, `POST /authorize/login`, `POST /authorize/consent`.
+/// The second-factor form's target (under the issuer's path, like [`paths::LOGIN`]).
+pub(crate) const LOGIN_OTP: &str = "/authorize/login/otp";
+
+/// `GET /authorize`, `POST /authorize/login`, `POST /authorize/login/otp`,
+/// `POST /authorize/consent`.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route(paths::AUTHORIZE, get(authorize))
         .route(paths::LOGIN, post(login))
+        .route(LOGIN_OTP, post(login_otp))
         .route(paths::CONSENT, post(consent))
 }
 
@@ -199,24 +212,59 @@ fn base_path(app: &AppState) -> &str {
     app.config.issuer.path().trim_end_matches('/')
 }
 
-fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
-    if let Some(c) = cookie {
+/// This deployment's cookie names and scope.
+fn jar(app: &AppState) -> cookies::Jar {
+    cookies::Jar::new(&app.config.issuer, app.secure_cookies)
+}
+
+/// The key of the CSRF cookie's MAC ([`csrf`]).
+fn csrf_cookie_key(app: &AppState) -> zeroize::Zeroizing<[u8; 32]> {
+    app.store.derive_key(csrf::COOKIE_KEY_CONTEXT)
+}
+
+fn with_cookies(
+    mut resp: Response,
+    cookies: impl IntoIterator<Item = Option<HeaderValue>>,
+) -> Response {
+    for c in cookies.into_iter().flatten() {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     resp
 }
 
-/// The browser's login session, if its cookie names a valid one.
-async fn current_login(
-    app: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<LoginSession>, Response> {
-    let Some(handle) = cookies::get(headers, cookies::session_name(app.secure_cookies)) else {
+/// A browser's valid login session, and how it signed in.
+struct SignedIn {
+    session: LoginSession,
+    method: Method,
+}
+
+/// The browser's login session, if its cookie names a valid one that is enough for its
+/// user: a user with a TOTP enrolment also needs the session's second-factor proof cookie
+/// ([`mfa`]); without it (a session from before the enrolment, or from before second
+/// factors were asked) they are not signed in here.
+async fn current_login(app: &AppState, headers: &HeaderMap) -> Result<Option<SignedIn>, Response> {
+    let jar = jar(app);
+    let Some(handle) = cookies::get(headers, &jar.session()) else {
         return Ok(None);
     };
-    match app.store.validate_login_session(handle).await {
-        Ok(s) => Ok(Some(s)),
-        Err(CoreError::Inactive { .. } | CoreError::MalformedToken { .. }) => Ok(None),
+    let session = match app.store.validate_login_session(handle).await {
+        Ok(s) => s,
+        Err(CoreError::Inactive { .. } | CoreError::MalformedToken { .. }) => return Ok(None),
+        Err(e) => return Err(store_error_page(&e)),
+    };
+    let proof = cookies::get(headers, &jar.mfa());
+    if mfa::proves(&mfa::session_key(&app.store), handle, proof) {
+        return Ok(Some(SignedIn {
+            session,
+            method: Method::PasswordAndOtp,
+        }));
+    }
+    match app.store.backend().get_totp(session.user).await {
+        Ok(None) => Ok(Some(SignedIn {
+            session,
+            method: Method::Password,
+        })),
+        Ok(Some(_)) => Ok(None),
         Err(e) => Err(store_error_page(&e)),
     }
 }
@@ -229,13 +277,29 @@ async fn pending(app: &AppState, handle: &str) -> Result<AuthorizationSession, R
         .map_err(|e| store_error_page(&e))
 }
 
-/// A client by id for a page; a client deleted meanwhile means the request is over.
+/// A client by id for a page, read now; a client deleted meanwhile means the request is
+/// over. A disabled one is returned: [`returnable`] refuses it.
 async fn client_for_page(app: &AppState, id: ClientId) -> Result<Client, Response> {
     match app.store.client(id).await {
         Ok(c) => Ok(c),
         Err(CoreError::NotFound { .. }) => Err(pages::expired()),
         Err(e) => Err(store_error_page(&e)),
     }
+}
+
+/// Whether answers for `s` may still go to its redirect URI: `client` (read for this
+/// request) is its client, is enabled, and still has the URI registered (exact match).
+fn returnable(client: &Client, s: &AuthorizationSession) -> bool {
+    client.id == s.client_id
+        && !client.disabled
+        && client.redirect_uri(s.redirect_uri.as_str()).is_some()
+}
+
+/// Ends a request that can no longer return to its client (best effort: the session dies
+/// with its lifetime anyway) and says so.
+async fn not_returnable(app: &AppState, handle: &str) -> Response {
+    let _ = app.store.expire_authorization_session(handle).await;
+    pages::not_returnable()
 }
 
 /// The user agent to record with a login session: visible ASCII, at most 512 bytes.
@@ -283,6 +347,37 @@ async fn read_form(app: &AppState, req: Request) -> Result<FormRequest, Response
     })
 }
 
+/// A form post that passed the CSRF checks ([`csrf`]): the authorization session handle it
+/// carries and the browser's CSRF cookie its token is bound to.
+struct Checked<'f> {
+    handle: &'f str,
+    csrf_cookie: &'f str,
+}
+
+/// Most cookies of the CSRF cookie's name looked at (a browser sends one per matching path).
+const MAX_CSRF_COOKIES: usize = 4;
+
+/// The CSRF checks of a form post: it comes from the issuer's origin, and its token is the
+/// one for its handle and a CSRF cookie this server made. `None`: the caller answers 403
+/// ([`pages::csrf_failed`]) before anything else.
+fn check_form<'f>(app: &AppState, req: &'f FormRequest) -> Option<Checked<'f>> {
+    let origin = app.config.issuer.origin().ascii_serialization();
+    if !csrf::from_issuer_origin(&req.headers, &origin) {
+        return None;
+    }
+    let handle = req.form.get("handle")?;
+    let presented = req.form.get("csrf");
+    let cookie_key = csrf_cookie_key(app);
+    let name = jar(app).csrf();
+    cookies::get_all(&req.headers, &name)
+        .take(MAX_CSRF_COOKIES)
+        .find(|c| csrf::verify(&app.csrf_key, &cookie_key, Some(c), handle, presented))
+        .map(|csrf_cookie| Checked {
+            handle,
+            csrf_cookie,
+        })
+}
+
 /// Everything the login and consent pages need about the request in flight.
 struct Flow<'a> {
     app: &'a AppState,
@@ -328,6 +423,77 @@ impl Flow<'_> {
         pages::login(status, &ctx, message, force_consent)
     }
 
+    fn second_factor_page(
+        &self,
+        status: StatusCode,
+        ticket: &str,
+        message: Option<&str>,
+        force_consent: bool,
+    ) -> Response {
+        let token = self.csrf_token();
+        let ctx = self.form_context(&token);
+        pages::second_factor(status, &ctx, ticket, message, force_consent)
+    }
+
+    /// After the right password of a user with a TOTP enrolment: no session, no subject
+    /// yet, but the second-factor page with a fresh ticket (unless their second factor is
+    /// locked).
+    async fn start_second_factor(&self, user: UserId, force_consent: bool) -> Response {
+        match mfa::locked_for(&self.app.store, user).await {
+            Ok(Some(wait)) => {
+                metrics::login("locked");
+                return pages::too_many(wait.as_secs());
+            }
+            Ok(None) => {}
+            Err(e) => return store_error_page(&e),
+        }
+        metrics::login("second_factor");
+        let expires = self.app.store.now().saturating_add(mfa::TICKET_LIFETIME);
+        let key = mfa::ticket_key(&self.app.store);
+        let ticket = mfa::ticket(&key, self.handle, user, expires);
+        self.second_factor_page(StatusCode::OK, &ticket, None, force_consent)
+    }
+
+    /// The user is who they said (password, and the second factor if they have one): make
+    /// the login session (and its second-factor proof), attach the subject, go on.
+    async fn finish_login(
+        &self,
+        user: UserId,
+        ip: Option<IpAddr>,
+        ua: Option<String>,
+        method: Method,
+        force_consent: bool,
+    ) -> Response {
+        let app = self.app;
+        let jar = jar(app);
+        let max_age = app.store.config().lifetimes.login_session.as_secs();
+        let mut set = Vec::new();
+        match app
+            .store
+            .create_login_session(user, ip, ua.as_deref())
+            .await
+        {
+            Ok((_, secret)) => {
+                set.push(jar.set(&jar.session(), secret.secret(), Some(max_age)));
+                if method == Method::PasswordAndOtp {
+                    let proof = mfa::session_proof(&mfa::session_key(&app.store), secret.secret());
+                    set.push(jar.set(&jar.mfa(), &proof, Some(max_age)));
+                }
+            }
+            Err(e) => return store_error_page(&e),
+        }
+        let subject = subject_of(user);
+        let resp = match app.store.attach_subject(self.handle, &subject).await {
+            // The login worked even when this request is over: keep the session either way.
+            Err(e) => store_error_page(&e),
+            Ok(()) => {
+                self.after_login(user, &subject, method, force_consent, false, Via::Post)
+                    .await
+            }
+        };
+        with_cookies(resp, set)
+    }
+
     /// After the subject is attached: issue at once when a remembered consent covers the
     /// scope (and the client did not ask for the consent page), else show the consent page,
     /// or with `prompt=none` answer `consent_required`.
@@ -335,6 +501,7 @@ impl Flow<'_> {
         &self,
         user: UserId,
         subject: &Subject,
+        method: Method,
         force_consent: bool,
         no_ui: bool,
         via: Via,
@@ -350,9 +517,12 @@ impl Flow<'_> {
         };
         let covered = remembered.is_some_and(|c| self.session.scope.is_subset(&c.scope));
         if covered && !force_consent {
-            return issue(self.app, self.handle, via).await;
+            return issue(self.app, self.client, self.handle, method, via).await;
         }
         if no_ui {
+            if !returnable(self.client, self.session) {
+                return not_returnable(self.app, self.handle).await;
+            }
             // Best effort: the session dies with its lifetime anyway.
             let _ = self
                 .app
@@ -377,15 +547,31 @@ impl Flow<'_> {
 }
 
 /// Completes the session (exactly once) and redirects with a fresh code.
-async fn issue(app: &AppState, handle: &str, via: Via) -> Response {
+async fn issue(
+    app: &AppState,
+    client: &Client,
+    handle: &str,
+    method: Method,
+    via: Via,
+) -> Response {
     match app.store.complete_authorization_session(handle).await {
-        Ok(s) => issue_for(app, &s, via).await,
+        Ok(s) => issue_for(app, client, &s, method, via).await,
         Err(e) => store_error_page(&e),
     }
 }
 
-/// Issues the code of a completed session and redirects with it.
-async fn issue_for(app: &AppState, s: &AuthorizationSession, via: Via) -> Response {
+/// Issues the code of a completed session and redirects with it, while `client` (read for
+/// this request) still allows the session's redirect URI.
+async fn issue_for(
+    app: &AppState,
+    client: &Client,
+    s: &AuthorizationSession,
+    method: Method,
+    via: Via,
+) -> Response {
+    if !returnable(client, s) {
+        return pages::not_returnable();
+    }
     let Some(subject) = s.subject.clone() else {
         // Completion requires a subject; a session without one is not ours to finish.
         return pages::expired();
@@ -402,10 +588,7 @@ async fn issue_for(app: &AppState, s: &AuthorizationSession, via: Via) -> Respon
         scope: s.scope.clone(),
         code_challenge: s.code_challenge.clone(),
         nonce: s.nonce.clone(),
-        auth: AuthContext {
-            amr: vec!["pwd".to_owned()],
-            ..AuthContext::default()
-        },
+        auth: method.context(),
     };
     match app.store.issue_code(req).await {
         Ok(code) => {
@@ -590,13 +773,19 @@ async fn authorize(State(app): State<AppState>, headers: HeaderMap, uri: Uri) ->
     };
     let handle = handle.secret();
 
-    // 3. The browser: its CSRF cookie (made now if absent) and its login session.
-    let csrf_name = cookies::csrf_name(app.secure_cookies);
-    let (csrf_cookie, set_csrf) = match cookies::get(&headers, csrf_name) {
-        Some(c) if csrf::well_formed(c) => (c.to_owned(), None),
-        _ => match csrf::new_cookie() {
+    // 3. The browser: its CSRF cookie (made now if absent or not made by this server) and
+    //    its login session.
+    let jar = jar(&app);
+    let csrf_name = jar.csrf();
+    let cookie_key = csrf_cookie_key(&app);
+    let existing = cookies::get_all(&headers, &csrf_name)
+        .take(MAX_CSRF_COOKIES)
+        .find(|c| csrf::cookie_valid(&cookie_key, c));
+    let (csrf_cookie, set_csrf) = match existing {
+        Some(c) => (c.to_owned(), None),
+        None => match csrf::new_cookie(&cookie_key) {
             Some(c) => {
-                let set = cookies::set(csrf_name, &c, None, app.secure_cookies);
+                let set = jar.set(&csrf_name, &c, None);
                 (c, set)
             }
             None => {
@@ -619,13 +808,23 @@ async fn authorize(State(app): State<AppState>, headers: HeaderMap, uri: Uri) ->
 
     // 4. Signed in (and not asked to sign in again): on to consent. Else the login page.
     let resp = match login.filter(|_| !prompt.login) {
-        Some(ls) => {
+        Some(SignedIn {
+            session: ls,
+            method,
+        }) => {
             let subject = subject_of(ls.user);
             if let Err(e) = app.store.attach_subject(handle, &subject).await {
                 return store_error_page(&e);
             }
-            flow.after_login(ls.user, &subject, prompt.consent, prompt.none, Via::Get)
-                .await
+            flow.after_login(
+                ls.user,
+                &subject,
+                method,
+                prompt.consent,
+                prompt.none,
+                Via::Get,
+            )
+            .await
         }
         None if prompt.none => {
             let _ = app.store.expire_authorization_session(handle).await;
@@ -633,31 +832,30 @@ async fn authorize(State(app): State<AppState>, headers: HeaderMap, uri: Uri) ->
         }
         None => flow.login_page(StatusCode::OK, None, prompt.consent),
     };
-    with_cookie(resp, set_csrf)
+    with_cookies(resp, [set_csrf])
 }
 
 // ----- POST /authorize/login -------------------------------------------------------------
 
 async fn login(State(app): State<AppState>, req: Request) -> Response {
-    let FormRequest {
-        headers,
-        peer: ip,
-        form,
-    } = match read_form(&app, req).await {
+    let freq = match read_form(&app, req).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
     // CSRF first: a forged form changes nothing and costs no password check.
-    let csrf_cookie = cookies::get(&headers, cookies::csrf_name(app.secure_cookies));
-    let Some(handle) = form.get("handle") else {
+    let Some(Checked {
+        handle,
+        csrf_cookie,
+    }) = check_form(&app, &freq)
+    else {
         return pages::csrf_failed();
     };
-    if !csrf::verify(&app.csrf_key, csrf_cookie, handle, form.get("csrf")) {
-        return pages::csrf_failed();
-    }
-    let Some(csrf_cookie) = csrf_cookie else {
-        return pages::csrf_failed();
-    };
+    let FormRequest {
+        headers,
+        peer: ip,
+        form,
+    } = &freq;
+    let ip = *ip;
     if let Err(secs) = app.limits.check_login(ip) {
         metrics::login("rate_limited");
         return pages::too_many(secs);
@@ -670,6 +868,9 @@ async fn login(State(app): State<AppState>, req: Request) -> Response {
         Ok(c) => c,
         Err(resp) => return resp,
     };
+    if !returnable(&client, &session) {
+        return not_returnable(&app, handle).await;
+    }
     let flow = Flow {
         app: &app,
         handle,
@@ -703,47 +904,151 @@ async fn login(State(app): State<AppState>, req: Request) -> Response {
         Err(e) => return store_error_page(&e),
     };
     drop(password);
-    metrics::login("success");
-    let ua = user_agent(&headers);
-    let cookie = match app
-        .store
-        .create_login_session(user.id, ip, ua.as_deref())
-        .await
-    {
-        Ok((_, secret)) => cookies::set(
-            cookies::session_name(app.secure_cookies),
-            secret.secret(),
-            Some(app.store.config().lifetimes.login_session.as_secs()),
-            app.secure_cookies,
-        ),
+    // A user with a TOTP enrolment is not signed in by a password alone. (An enrolment is
+    // live as soon as it is made: the store has no "unconfirmed" state.)
+    match app.store.backend().get_totp(user.id).await {
+        Ok(Some(_)) => return flow.start_second_factor(user.id, force_consent).await,
+        Ok(None) => {}
         Err(e) => return store_error_page(&e),
+    }
+    metrics::login("success");
+    flow.finish_login(
+        user.id,
+        ip,
+        user_agent(headers),
+        Method::Password,
+        force_consent,
+    )
+    .await
+}
+
+// ----- POST /authorize/login/otp ---------------------------------------------------------
+
+async fn login_otp(State(app): State<AppState>, req: Request) -> Response {
+    let freq = match read_form(&app, req).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
     };
-    let subject = user.subject();
-    let resp = match app.store.attach_subject(handle, &subject).await {
-        // The login worked even when this request is over: keep the session either way.
-        Err(e) => store_error_page(&e),
-        Ok(()) => {
-            flow.after_login(user.id, &subject, force_consent, false, Via::Post)
-                .await
+    let Some(Checked {
+        handle,
+        csrf_cookie,
+    }) = check_form(&app, &freq)
+    else {
+        return pages::csrf_failed();
+    };
+    let FormRequest {
+        headers,
+        peer: ip,
+        form,
+    } = &freq;
+    let ip = *ip;
+    // A code guess is a credential attempt like a password: the same per-address limit.
+    if let Err(secs) = app.limits.check_login(ip) {
+        metrics::login("rate_limited");
+        return pages::too_many(secs);
+    }
+    let Some(ticket) = form.get("ticket") else {
+        return pages::bad_ticket();
+    };
+    let key = mfa::ticket_key(&app.store);
+    let user = match mfa::open_ticket(&key, handle, ticket, app.store.now()) {
+        Ok(u) => u,
+        Err(TicketError::Invalid) => return pages::bad_ticket(),
+        Err(TicketError::Expired) => return pages::expired(),
+    };
+    let session = match pending(&app, handle).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let client = match client_for_page(&app, session.client_id).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if !returnable(&client, &session) {
+        return not_returnable(&app, handle).await;
+    }
+    let flow = Flow {
+        app: &app,
+        handle,
+        csrf_cookie,
+        session: &session,
+        client: &client,
+    };
+    let force_consent = form.get("prompt") == Some("consent");
+    let (code, recovery) = match (form.get("code"), form.get("recovery_code")) {
+        (Some(c), None) => (Some(c), None),
+        (None, Some(r)) => (None, Some(r)),
+        _ => {
+            return flow.second_factor_page(
+                StatusCode::BAD_REQUEST,
+                ticket,
+                Some("Enter the code from your authenticator app, or a recovery code."),
+                force_consent,
+            );
         }
     };
-    with_cookie(resp, cookie)
+    match mfa::locked_for(&app.store, user).await {
+        Ok(Some(wait)) => {
+            metrics::login("locked");
+            return pages::too_many(wait.as_secs());
+        }
+        Ok(None) => {}
+        Err(e) => return store_error_page(&e),
+    }
+    // Each wrong code counts as a failure of the user in the store's lockout.
+    let verdict = match (code, recovery) {
+        (Some(c), _) => app.store.verify_totp(user, c).await,
+        (None, Some(r)) => app.store.use_recovery_code(user, r).await,
+        (None, None) => Ok(false),
+    };
+    match verdict {
+        Ok(true) => {
+            metrics::login("success");
+            flow.finish_login(
+                user,
+                ip,
+                user_agent(headers),
+                Method::PasswordAndOtp,
+                force_consent,
+            )
+            .await
+        }
+        Ok(false) => {
+            metrics::login("failure");
+            flow.second_factor_page(
+                StatusCode::UNAUTHORIZED,
+                ticket,
+                Some("That code is wrong or was already used. Try again."),
+                force_consent,
+            )
+        }
+        Err(CoreError::TooManyAttempts { retry_after }) => {
+            metrics::login("locked");
+            pages::too_many(retry_after.as_secs())
+        }
+        // Disabled since the password was checked.
+        Err(CoreError::InvalidCredentials) => {
+            metrics::login("failure");
+            flow.login_page(
+                StatusCode::UNAUTHORIZED,
+                Some("Wrong username or password."),
+                force_consent,
+            )
+        }
+        Err(e) => store_error_page(&e),
+    }
 }
 
 // ----- POST /authorize/consent -----------------------------------------------------------
 
 async fn consent(State(app): State<AppState>, req: Request) -> Response {
-    let FormRequest { headers, form, .. } = match read_form(&app, req).await {
+    let freq = match read_form(&app, req).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let csrf_cookie = cookies::get(&headers, cookies::csrf_name(app.secure_cookies));
-    let Some(handle) = form.get("handle") else {
+    let Some(Checked { handle, .. }) = check_form(&app, &freq) else {
         return pages::csrf_failed();
     };
-    if !csrf::verify(&app.csrf_key, csrf_cookie, handle, form.get("csrf")) {
-        return pages::csrf_failed();
-    }
     let forbidden = || {
         pages::error(
             StatusCode::FORBIDDEN,
@@ -752,7 +1057,7 @@ async fn consent(State(app): State<AppState>, req: Request) -> Response {
              application and start again.",
         )
     };
-    let login = match current_login(&app, &headers).await {
+    let login = match current_login(&app, &freq.headers).await {
         Ok(Some(l)) => l,
         Ok(None) => return forbidden(),
         Err(resp) => return resp,
@@ -761,11 +1066,19 @@ async fn consent(State(app): State<AppState>, req: Request) -> Response {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let subject = subject_of(login.user);
+    let subject = subject_of(login.session.user);
     if session.subject.as_ref() != Some(&subject) {
         return forbidden();
     }
-    match form.get("decision") {
+    let client = match client_for_page(&app, session.client_id).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    // Before anything goes back to the redirect URI, approved or denied.
+    if !returnable(&client, &session) {
+        return not_returnable(&app, handle).await;
+    }
+    match freq.form.get("decision") {
         Some("approve") => {
             // Complete first (compare-and-set): a second submit changes nothing, not even
             // the remembered consent.
@@ -785,7 +1098,7 @@ async fn consent(State(app): State<AppState>, req: Request) -> Response {
             {
                 return store_error_redirect(&app, &t, &e);
             }
-            issue_for(&app, &s, Via::Post).await
+            issue_for(&app, &client, &s, login.method, Via::Post).await
         }
         Some("deny") => {
             if let Err(e) = app.store.expire_authorization_session(handle).await {
@@ -809,10 +1122,11 @@ mod tests {
     use std::time::Duration;
 
     use authstore_core::{
-        AuditKind, AuditQuery, Client, ClientId, CodeRedemption, NewClient, NewUser, Password,
-        PkceChallenge, RedirectUri, Scopes, TokenOptions, User,
+        AuditKind, AuditQuery, AuthContext, Client, ClientId, ClientUpdate, CodeRedemption,
+        NewClient, NewUser, Password, PkceChallenge, RedirectUri, Scopes, TokenOptions, User,
     };
 
+    use super::LOGIN_OTP;
     use crate::RateLimit;
     use crate::testing::{TestResponse, TestServer};
 
@@ -872,13 +1186,23 @@ mod tests {
         }
 
         async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> TestResponse {
+            self.post_with(path, fields, &[]).await
+        }
+
+        /// A form post with extra request headers.
+        async fn post_with(
+            &mut self,
+            path: &str,
+            fields: &[(&str, &str)],
+            extra: &[(&str, &str)],
+        ) -> TestResponse {
             let body = encode(fields);
             let c = self.cookie_header();
-            let resp = if c.is_empty() {
-                self.srv.post_form(path, &body, &[]).await
-            } else {
-                self.srv.post_form(path, &body, &[("cookie", &c)]).await
-            };
+            let mut headers = extra.to_vec();
+            if !c.is_empty() {
+                headers.push(("cookie", &c));
+            }
+            let resp = self.srv.post_form(path, &body, &headers).await;
             self.keep(&resp);
             resp
         }
@@ -1665,7 +1989,7 @@ mod tests {
                 && set.contains("; Path=/")
         );
         assert!(!set.contains("Secure"));
-        assert_eq!(b.cookie("authstore_csrf").unwrap().len(), 43);
+        assert_eq!(b.cookie("authstore_csrf").unwrap().len(), 86);
         // Sent back, the cookie is kept, not replaced.
         let again = b.get(&public_request(&client, &[])).await;
         assert!(again.header("set-cookie").is_none());
@@ -1693,6 +2017,36 @@ mod tests {
 
     #[tokio::test]
     async fn cookies_and_paths_under_an_https_issuer() {
+        // At the root: the `__Host-` prefix, `Path=/`.
+        let srv = TestServer::with_config(|c| {
+            c.issuer = url::Url::parse("https://auth.example.com").unwrap();
+        });
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        let csrf = b.cookie("__Host-authstore_csrf").unwrap().to_owned();
+        let set = consent.header("set-cookie").unwrap();
+        assert!(set.starts_with("__Host-authstore_session=ls_"));
+        assert!(
+            set.contains("; Secure") && set.contains("; HttpOnly") && set.contains("; Path=/;")
+        );
+        // A cookie without the prefix is not ours under https.
+        let plain = srv
+            .get(
+                &public_request(&client, &[]),
+                &[("cookie", &format!("authstore_csrf={csrf}"))],
+            )
+            .await;
+        assert!(
+            plain
+                .header("set-cookie")
+                .unwrap()
+                .starts_with("__Host-authstore_csrf=")
+        );
+
+        // Under a path: `__Secure-` (`__Host-` requires `Path=/`) and `Path=/tenant`.
         let srv = TestServer::with_config(|c| {
             c.issuer = url::Url::parse("https://auth.example.com/tenant").unwrap();
         });
@@ -1702,28 +2056,15 @@ mod tests {
         let page = b.get(&public_request(&client, &[])).await;
         assert_eq!(page.status, 200);
         let set = page.header("set-cookie").unwrap();
-        assert!(set.starts_with("__Host-authstore_csrf="));
-        assert!(set.contains("; Secure") && set.contains("; HttpOnly") && set.contains("; Path=/"));
-        assert!(page.body.contains("action=\"/tenant/authorize/login\""));
-        // A cookie without the prefix is not ours under https.
-        let plain = srv
-            .get(
-                &public_request(&client, &[]),
-                &[(
-                    "cookie",
-                    &format!(
-                        "authstore_csrf={}",
-                        b.cookie("__Host-authstore_csrf").unwrap()
-                    ),
-                )],
-            )
-            .await;
+        assert!(set.starts_with("__Secure-authstore_csrf="), "{set}");
         assert!(
-            plain
-                .header("set-cookie")
-                .unwrap()
-                .starts_with("__Host-authstore_csrf=")
+            set.contains("; Secure")
+                && set.contains("; HttpOnly")
+                && set.contains("; SameSite=Lax")
+                && set.ends_with("; Path=/tenant; Secure"),
+            "{set}"
         );
+        assert!(page.body.contains("action=\"/tenant/authorize/login\""));
         let consent = b
             .post(
                 "/authorize/login",
@@ -1737,8 +2078,9 @@ mod tests {
             .await;
         assert_eq!(consent.status, 200, "{}", consent.body);
         let set = consent.header("set-cookie").unwrap();
-        assert!(set.starts_with("__Host-authstore_session=ls_"));
+        assert!(set.starts_with("__Secure-authstore_session=ls_"));
         assert!(set.contains("; Secure") && set.contains("; HttpOnly"));
+        assert!(set.contains("; Path=/tenant;"), "{set}");
         assert!(
             consent
                 .body
@@ -1746,6 +2088,53 @@ mod tests {
         );
         let done = decide(&mut b, &consent, "approve").await;
         assert_eq!(location(&done).1["iss"], "https://auth.example.com/tenant");
+        // The tenant's session works from its own cookie.
+        let again = b.get(&public_request(&client, &[])).await;
+        assert_eq!(again.status, 302, "{}", again.body);
+    }
+
+    #[tokio::test]
+    async fn tenants_under_http_get_their_own_cookie_path() {
+        let srv = TestServer::with_config(|c| {
+            c.issuer = url::Url::parse("http://127.0.0.1:8080/tenant-a/").unwrap();
+        });
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        let set = consent.header("set-cookie").unwrap();
+        assert!(set.starts_with("authstore_session=ls_"));
+        assert!(
+            set.contains("; Path=/tenant-a;") && !set.contains("Secure"),
+            "{set}"
+        );
+        // Another tenant's cookie of the same name, sent along by the browser (a shorter
+        // path, so after ours), does not disturb this one's form.
+        let other = TestServer::new();
+        let other_client = public_client(&other, "Other", "read").await;
+        let mut o = Browser::new(&other);
+        o.get(&public_request(&other_client, &[])).await;
+        let foreign = o.cookie("authstore_csrf").unwrap().to_owned();
+        b.cookies.push(("authstore_csrf".into(), foreign));
+        let page = b
+            .get(&public_request(&client, &[("prompt", "login")]))
+            .await;
+        assert_eq!(page.status, 200);
+        assert!(page.header("set-cookie").is_none());
+        let r = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &hidden(&page.body, "handle")),
+                    ("csrf", &hidden(&page.body, "csrf")),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("Approve"));
     }
 
     #[tokio::test]
@@ -1825,7 +2214,11 @@ mod tests {
             assert_eq!(r.header("cache-control"), Some("no-store"));
             assert_eq!(r.header("x-frame-options"), Some("DENY"));
             assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
-            assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+            assert_eq!(r.header("referrer-policy"), Some("same-origin"));
+            assert!(
+                r.body
+                    .contains("<meta name=\"referrer\" content=\"same-origin\">")
+            );
             assert!(r.body.starts_with("<!DOCTYPE html>"));
             assert!(!r.body.contains("<script"));
         }
@@ -1921,5 +2314,754 @@ mod tests {
             logs.contains("request{method=POST route=\"/authorize/consent\"}"),
             "{logs}"
         );
+    }
+
+    // ----- second factor ------------------------------------------------------------------
+
+    /// A server whose store can seal TOTP secrets (the harness's cannot), without the
+    /// per-address login limit (these tests post many forms at once), with `edit` applied.
+    fn mfa_server(edit: impl FnOnce(&mut crate::ServerConfig)) -> TestServer {
+        use authstore_core::{
+            Authstore, Config, ManualClock, PasswordParams, SealingKey, SealingKeyring, TokenKey,
+            TokenKeyring,
+        };
+        let clock = ManualClock::new(crate::testing::START);
+        let store = Authstore::new(
+            Arc::new(authstore_memory::MemoryStore::new()),
+            TokenKeyring::new(TokenKey::from_bytes("k1", [7; 32]).unwrap()),
+        )
+        .with_clock(Arc::new(clock.clone()))
+        .with_config(Config {
+            password_params: PasswordParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            danger_allow_weak_password_params: true,
+            ..Config::default()
+        })
+        .unwrap()
+        .with_sealing_keys(SealingKeyring::new(
+            SealingKey::from_bytes("s1", [5; 32]).unwrap(),
+        ));
+        let mut config = crate::ServerConfig::new("http://127.0.0.1:8080").unwrap();
+        config.request_timeout = Duration::from_secs(30);
+        config.login_rate_limit = RateLimit::OFF;
+        edit(&mut config);
+        let app = crate::router(store.clone(), config).unwrap().layer(
+            axum::extract::connect_info::MockConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                40000,
+            ))),
+        );
+        TestServer { app, store, clock }
+    }
+
+    /// A user with a password and a TOTP enrolment; returns the TOTP secret.
+    async fn enrolled(srv: &TestServer, name: &str) -> (User, Vec<u8>) {
+        let u = user(srv, name).await;
+        let secret = srv.store.enroll_totp(u.id).await.unwrap();
+        let bytes = authstore_core::totp::base32_decode(secret.secret()).unwrap();
+        (u, bytes)
+    }
+
+    /// The TOTP code `offset` steps from now on the store's clock (RFC 6238).
+    fn totp(srv: &TestServer, secret: &[u8], offset: i64) -> String {
+        let step = authstore_core::totp::step_at(srv.store.now().as_unix_seconds());
+        authstore_core::totp::code(secret, step + offset)
+    }
+
+    /// Answers a second-factor page with `field` (`code` or `recovery_code`) = `value`.
+    async fn second_factor(
+        b: &mut Browser<'_>,
+        page: &TestResponse,
+        field: &str,
+        value: &str,
+    ) -> TestResponse {
+        let mut fields = vec![
+            ("handle", hidden(&page.body, "handle")),
+            ("csrf", hidden(&page.body, "csrf")),
+            ("ticket", hidden(&page.body, "ticket")),
+            (field, value.to_owned()),
+        ];
+        if page.body.contains("name=\"prompt\" value=\"consent\"") {
+            fields.push(("prompt", "consent".to_owned()));
+        }
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        b.post(LOGIN_OTP, &fields).await
+    }
+
+    /// The authentication context the tokens of `code` carry.
+    async fn auth_of(srv: &TestServer, client: &Client, code: &str) -> AuthContext {
+        let tokens = srv
+            .store
+            .redeem_code(CodeRedemption {
+                code,
+                client_id: client.id,
+                redirect_uri: Some(REDIRECT),
+                code_verifier: Some(VERIFIER),
+                options: &TokenOptions::default(),
+            })
+            .await
+            .unwrap();
+        srv.store
+            .validate_access_token(tokens.access_token.secret())
+            .await
+            .unwrap()
+            .auth
+    }
+
+    fn is_second_factor_page(r: &TestResponse) -> bool {
+        r.body.contains("Two-step verification")
+            && r.body.contains("/authorize/login/otp\"")
+            && r.body.contains("name=\"code\"")
+            && r.body.contains("name=\"recovery_code\"")
+            && !r.body.contains("name=\"password\"")
+    }
+
+    #[tokio::test]
+    async fn a_totp_user_needs_the_second_factor() {
+        let srv = mfa_server(|_| {});
+        let (alice, secret) = enrolled(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+
+        // The password alone: the second-factor page, no session, no subject, no code.
+        let otp_page = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(otp_page.status, 200, "{}", otp_page.body);
+        assert!(is_second_factor_page(&otp_page), "{}", otp_page.body);
+        assert!(otp_page.header("set-cookie").is_none());
+        assert!(otp_page.header("location").is_none());
+        assert!(b.cookie("authstore_session").is_none());
+        assert_eq!(count(&srv, AuditKind::LoginSessionCreated).await, 0);
+        assert_eq!(count(&srv, AuditKind::AuthorizationSessionSubject).await, 0);
+        // Its form cannot be turned into a consent.
+        let forged = decide(&mut b, &otp_page, "approve").await;
+        assert_eq!(forged.status, 403);
+        assert_eq!(count(&srv, AuditKind::CodeIssued).await, 0);
+
+        // A wrong code: the page again, 401, the same ticket; still no session.
+        let wrong = second_factor(&mut b, &otp_page, "code", "000000").await;
+        let wrong = if totp(&srv, &secret, 0) == "000000" {
+            second_factor(&mut b, &otp_page, "code", "111111").await
+        } else {
+            wrong
+        };
+        assert_eq!(wrong.status, 401, "{}", wrong.body);
+        assert!(is_second_factor_page(&wrong));
+        assert!(
+            wrong
+                .body
+                .contains("That code is wrong or was already used.")
+        );
+        assert_eq!(
+            hidden(&wrong.body, "ticket"),
+            hidden(&otp_page.body, "ticket")
+        );
+        assert!(wrong.header("set-cookie").is_none());
+        assert_eq!(count(&srv, AuditKind::SecondFactorFailed).await, 1);
+        // Neither field, or both: the page again, nothing counted.
+        let none = b
+            .post(
+                LOGIN_OTP,
+                &[
+                    ("handle", &hidden(&otp_page.body, "handle")),
+                    ("csrf", &hidden(&otp_page.body, "csrf")),
+                    ("ticket", &hidden(&otp_page.body, "ticket")),
+                ],
+            )
+            .await;
+        assert_eq!(none.status, 400);
+        assert!(is_second_factor_page(&none));
+        assert_eq!(count(&srv, AuditKind::SecondFactorFailed).await, 1);
+
+        // The right code: a session (with its second-factor proof), the consent page.
+        let code = totp(&srv, &secret, 0);
+        let consent = second_factor(&mut b, &otp_page, "code", &code).await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        assert!(consent.body.contains("Approve"));
+        assert!(consent.body.contains("Signed in as alice"));
+        assert!(b.cookie("authstore_session").unwrap().starts_with("ls_"));
+        assert_eq!(b.cookie("authstore_mfa").unwrap().len(), 43);
+        let done = decide(&mut b, &consent, "approve").await;
+        assert_eq!(done.status, 303, "{}", done.body);
+        let auth = auth_of(&srv, &client, &location(&done).1["code"]).await;
+        assert_eq!(auth.amr, ["pwd", "otp"]);
+        assert!(auth.mfa_verified);
+
+        // Signed in with both factors: later requests need neither, and say so.
+        let again = b.get(&public_request(&client, &[])).await;
+        assert_eq!(again.status, 302, "{}", again.body);
+        let auth = auth_of(&srv, &client, &location(&again).1["code"]).await;
+        assert_eq!(auth.amr, ["pwd", "otp"]);
+        assert!(auth.mfa_verified);
+
+        // The same session without its proof is not enough for this user.
+        let mut stripped = Browser::new(&srv);
+        stripped.cookies = b
+            .cookies
+            .iter()
+            .filter(|(k, _)| k != "authstore_mfa")
+            .cloned()
+            .collect();
+        let page = stripped.get(&public_request(&client, &[])).await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("name=\"password\""));
+        let none = stripped
+            .get(&public_request(&client, &[("prompt", "none")]))
+            .await;
+        assert_eq!(location(&none).1["error"], "login_required");
+        // Nor is another session's proof.
+        let mut other = Browser::new(&srv);
+        let p2 = sign_in(&mut other, &public_request(&client, &[]), "alice").await;
+        let r = second_factor(&mut other, &p2, "code", &totp(&srv, &secret, 1)).await;
+        assert_eq!(r.status, 302 + 1, "{}", r.body);
+        let mut mixed = Browser::new(&srv);
+        mixed.cookies = vec![
+            (
+                "authstore_session".into(),
+                b.cookie("authstore_session").unwrap().into(),
+            ),
+            (
+                "authstore_mfa".into(),
+                other.cookie("authstore_mfa").unwrap().into(),
+            ),
+        ];
+        let page = mixed.get(&public_request(&client, &[])).await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("name=\"password\""));
+
+        // A password-only user is unchanged: amr pwd, no proof cookie.
+        let bob = user(&srv, "bob").await;
+        let mut bb = Browser::new(&srv);
+        let consent = sign_in(&mut bb, &public_request(&client, &[]), "bob").await;
+        assert_eq!(consent.status, 200);
+        assert!(bb.cookie("authstore_mfa").is_none());
+        let done = decide(&mut bb, &consent, "approve").await;
+        let auth = auth_of(&srv, &client, &location(&done).1["code"]).await;
+        assert_eq!(auth.amr, ["pwd"]);
+        assert!(!auth.mfa_verified);
+        assert_ne!(bob.id, alice.id);
+    }
+
+    #[tokio::test]
+    async fn a_totp_code_is_accepted_once() {
+        let srv = mfa_server(|_| {});
+        let (_, secret) = enrolled(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let code = totp(&srv, &secret, 0);
+        let mut b = Browser::new(&srv);
+        let page = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(
+            second_factor(&mut b, &page, "code", &code).await.status,
+            200
+        );
+        // Seen over a shoulder and replayed in another browser, within the same 30 s.
+        let mut thief = Browser::new(&srv);
+        let page = sign_in(&mut thief, &public_request(&client, &[]), "alice").await;
+        assert!(is_second_factor_page(&page));
+        let r = second_factor(&mut thief, &page, "code", &code).await;
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(thief.cookie("authstore_session").is_none());
+        // An earlier step is a replay too.
+        let r = second_factor(&mut thief, &page, "code", &totp(&srv, &secret, -1)).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(count(&srv, AuditKind::LoginSessionCreated).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_recovery_code_works_once() {
+        let srv = mfa_server(|_| {});
+        let (alice, _) = enrolled(&srv, "alice").await;
+        let codes = srv.store.generate_recovery_codes(alice.id).await.unwrap();
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert!(is_second_factor_page(&page));
+        let consent = second_factor(&mut b, &page, "recovery_code", codes[0].secret()).await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        assert!(consent.body.contains("Approve"));
+        let done = decide(&mut b, &consent, "approve").await;
+        let auth = auth_of(&srv, &client, &location(&done).1["code"]).await;
+        assert_eq!(auth.amr, ["pwd", "otp"]);
+        assert!(auth.mfa_verified);
+        assert_eq!(srv.store.unused_recovery_codes(alice.id).await.unwrap(), 9);
+
+        let mut again = Browser::new(&srv);
+        let page = sign_in(&mut again, &public_request(&client, &[]), "alice").await;
+        let r = second_factor(&mut again, &page, "recovery_code", codes[0].secret()).await;
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(again.cookie("authstore_session").is_none());
+        // Both fields at once are refused without a try.
+        let before = count(&srv, AuditKind::SecondFactorFailed).await;
+        let both = again
+            .post(
+                LOGIN_OTP,
+                &[
+                    ("handle", &hidden(&page.body, "handle")),
+                    ("csrf", &hidden(&page.body, "csrf")),
+                    ("ticket", &hidden(&page.body, "ticket")),
+                    ("code", "123456"),
+                    ("recovery_code", codes[1].secret()),
+                ],
+            )
+            .await;
+        assert_eq!(both.status, 400);
+        assert_eq!(count(&srv, AuditKind::SecondFactorFailed).await, before);
+        assert_eq!(srv.store.unused_recovery_codes(alice.id).await.unwrap(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_forged_or_expired_ticket_is_refused() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let srv = mfa_server(|_| {});
+        let (_, secret) = enrolled(&srv, "alice").await;
+        let (mallory, _) = enrolled(&srv, "mallory").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = sign_in(&mut b, &public_request(&client, &[]), "mallory").await;
+        let ticket = hidden(&page.body, "ticket");
+        let handle = hidden(&page.body, "handle");
+        let csrf = hidden(&page.body, "csrf");
+        // Mallory knows her password, not Alice's: she swaps Alice's id into her ticket.
+        let alice_id = srv
+            .store
+            .backend()
+            .find_user_by_username("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        let mut raw = URL_SAFE_NO_PAD.decode(&ticket).unwrap();
+        raw[..16].copy_from_slice(alice_id.as_uuid().as_bytes());
+        let swapped = URL_SAFE_NO_PAD.encode(&raw);
+        // A later expiry spliced in.
+        let mut raw = URL_SAFE_NO_PAD.decode(&ticket).unwrap();
+        raw[16..24].copy_from_slice(&i64::MAX.to_be_bytes());
+        let extended = URL_SAFE_NO_PAD.encode(&raw);
+        // A genuine ticket of another request of the same browser.
+        let other = sign_in(&mut b, &public_request(&client, &[]), "mallory").await;
+        let foreign = hidden(&other.body, "ticket");
+        let code = totp(&srv, &secret, 0);
+        for bad in [
+            swapped.as_str(),
+            extended.as_str(),
+            foreign.as_str(),
+            "x",
+            "",
+        ] {
+            let mut fields = vec![
+                ("handle", handle.as_str()),
+                ("csrf", csrf.as_str()),
+                ("code", code.as_str()),
+            ];
+            if !bad.is_empty() {
+                fields.push(("ticket", bad));
+            }
+            let r = b.post(LOGIN_OTP, &fields).await;
+            assert_eq!(r.status, 400, "{bad}: {}", r.body);
+            assert!(r.body.contains("altered"), "{}", r.body);
+            assert!(r.header("set-cookie").is_none());
+        }
+        // Nothing was tried, nothing signed in.
+        assert_eq!(count(&srv, AuditKind::SecondFactorFailed).await, 0);
+        assert_eq!(count(&srv, AuditKind::TotpUsed).await, 0);
+        assert_eq!(count(&srv, AuditKind::LoginSessionCreated).await, 0);
+        assert_eq!(count(&srv, AuditKind::AuthorizationSessionSubject).await, 0);
+        assert_ne!(mallory.id, alice_id);
+
+        // Alice's own ticket expires after five minutes on the store's clock.
+        let mut a = Browser::new(&srv);
+        let page = sign_in(&mut a, &public_request(&client, &[]), "alice").await;
+        srv.clock.advance(Duration::from_secs(299));
+        let fresh = totp(&srv, &secret, 0);
+        srv.clock.advance(Duration::from_secs(2));
+        let r = second_factor(&mut a, &page, "code", &fresh).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("has expired"));
+        assert!(a.cookie("authstore_session").is_none());
+        assert_eq!(count(&srv, AuditKind::TotpUsed).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_right_password_does_not_reset_the_second_factor_lockout() {
+        let srv = mfa_server(|_| {});
+        let (_, secret) = enrolled(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let right = totp(&srv, &secret, 0);
+        let wrong = if right == "999999" {
+            "888888"
+        } else {
+            "999999"
+        };
+        let mut b = Browser::new(&srv);
+        let first = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        for _ in 0..4 {
+            assert_eq!(
+                second_factor(&mut b, &first, "code", wrong).await.status,
+                401
+            );
+        }
+        // The password again (which clears the store's count of the user's failures).
+        let second = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert!(is_second_factor_page(&second), "{}", second.body);
+        assert_eq!(
+            second_factor(&mut b, &second, "code", wrong).await.status,
+            401
+        );
+        // Five wrong codes within the window: locked, the right code included.
+        let r = second_factor(&mut b, &second, "code", wrong).await;
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(r.header("retry-after").is_some());
+        assert_eq!(
+            second_factor(&mut b, &second, "code", &right).await.status,
+            429
+        );
+        // And the password does not open a new round of guesses.
+        let third = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(third.status, 429, "{}", third.body);
+        assert!(b.cookie("authstore_session").is_none());
+        assert_eq!(count(&srv, AuditKind::TotpUsed).await, 0);
+        // After the window, the right code works.
+        srv.clock.advance(Duration::from_secs(16 * 60));
+        let page = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert!(is_second_factor_page(&page), "{}", page.body);
+        let ok = second_factor(&mut b, &page, "code", &totp(&srv, &secret, 0)).await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert!(b.cookie("authstore_session").is_some());
+    }
+
+    // ----- redirect URIs that went away ---------------------------------------------------
+
+    /// Replaces the client's redirect URIs with one other URI.
+    async fn unregister_redirect(srv: &TestServer, client: &Client) {
+        srv.store
+            .update_client(
+                client.id,
+                ClientUpdate {
+                    redirect_uris: Some(vec![
+                        RedirectUri::new("https://app.example/other").unwrap(),
+                    ]),
+                    ..ClientUpdate::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    fn assert_not_returnable(r: &TestResponse) {
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.header("location").is_none());
+        assert!(r.body.contains("no longer registered"), "{}", r.body);
+    }
+
+    #[tokio::test]
+    async fn nothing_goes_to_a_redirect_uri_that_is_no_longer_registered() {
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        // Deny after the URI was removed.
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(consent.status, 200);
+        unregister_redirect(&srv, &client).await;
+        assert_not_returnable(&decide(&mut b, &consent, "deny").await);
+        // The request is over.
+        let late = decide(&mut b, &consent, "approve").await;
+        assert_eq!(late.status, 400);
+        assert!(late.header("location").is_none());
+
+        // Approve after the URI was removed: no consent recorded, no code.
+        let client = public_client(&srv, "App 2", "read").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        unregister_redirect(&srv, &client).await;
+        assert_not_returnable(&decide(&mut b, &consent, "approve").await);
+
+        // The login form after the URI was removed (where a remembered consent would issue
+        // at once).
+        let client = public_client(&srv, "App 3", "read").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert_eq!(decide(&mut b, &consent, "approve").await.status, 303);
+        let mut fresh = Browser::new(&srv);
+        let page = fresh.get(&public_request(&client, &[])).await;
+        unregister_redirect(&srv, &client).await;
+        let r = fresh
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &hidden(&page.body, "handle")),
+                    ("csrf", &hidden(&page.body, "csrf")),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_not_returnable(&r);
+        assert!(fresh.cookie("authstore_session").is_none());
+
+        // A client disabled mid-flow counts as not registered.
+        let client = public_client(&srv, "App 4", "read").await;
+        let mut b = Browser::new(&srv);
+        let consent = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        srv.store.disable_client(client.id).await.unwrap();
+        assert_not_returnable(&decide(&mut b, &consent, "deny").await);
+
+        assert_eq!(count(&srv, AuditKind::CodeIssued).await, 1);
+        assert_eq!(count(&srv, AuditKind::ConsentRecorded).await, 1);
+    }
+
+    #[tokio::test]
+    async fn the_second_factor_form_checks_the_redirect_uri_too() {
+        let srv = mfa_server(|_| {});
+        let (_, secret) = enrolled(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        unregister_redirect(&srv, &client).await;
+        let r = second_factor(&mut b, &page, "code", &totp(&srv, &secret, 0)).await;
+        assert_not_returnable(&r);
+        assert_eq!(count(&srv, AuditKind::TotpUsed).await, 0);
+    }
+
+    // ----- CSRF: planted cookies, cross-origin posts --------------------------------------
+
+    #[tokio::test]
+    async fn a_planted_csrf_cookie_is_replaced_and_refused() {
+        use base64::Engine;
+        let srv = TestServer::new();
+        user(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        // The attacker chooses a cookie value (both the old shape and the new length).
+        let chosen_old = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([42u8; 32]);
+        let chosen_new = "A".repeat(86);
+        let csrf_key = srv.store.derive_key("authstore-server 2026-11 csrf");
+        for planted in [chosen_old, chosen_new] {
+            let mut b = Browser::new(&srv);
+            b.cookies = vec![("authstore_csrf".into(), planted.clone())];
+            // GET replaces it; the page's token is for the new cookie.
+            let page = b.get(&public_request(&client, &[])).await;
+            assert_eq!(page.status, 200);
+            let set = page.header("set-cookie").unwrap();
+            assert!(set.starts_with("authstore_csrf="));
+            let made = b.cookie("authstore_csrf").unwrap().to_owned();
+            assert_ne!(made, planted);
+            let handle = hidden(&page.body, "handle");
+            let page_token = hidden(&page.body, "csrf");
+            // With the planted cookie, neither the page's token nor the right token for the
+            // planted cookie itself (as the old server would have handed out) passes.
+            let for_planted = crate::csrf::token(&csrf_key, &planted, &handle);
+            for token in [&page_token, &for_planted] {
+                let r = srv
+                    .post_form(
+                        "/authorize/login",
+                        &encode(&[
+                            ("handle", &handle),
+                            ("csrf", token),
+                            ("username", "alice"),
+                            ("password", PASSWORD),
+                        ]),
+                        &[("cookie", &format!("authstore_csrf={planted}"))],
+                    )
+                    .await;
+                assert_eq!(r.status, 403, "{}", r.body);
+            }
+            // The cookie the server made works.
+            let ok = b
+                .post(
+                    "/authorize/login",
+                    &[
+                        ("handle", &handle),
+                        ("csrf", &page_token),
+                        ("username", "alice"),
+                        ("password", PASSWORD),
+                    ],
+                )
+                .await;
+            assert_eq!(ok.status, 200, "{}", ok.body);
+        }
+        assert_eq!(count(&srv, AuditKind::LoginSucceeded).await, 2);
+        assert_eq!(count(&srv, AuditKind::LoginFailed).await, 0);
+    }
+
+    #[tokio::test]
+    async fn cross_origin_form_posts_are_refused() {
+        let srv = mfa_server(|c| {
+            c.issuer = url::Url::parse("https://auth.example.com/tenant").unwrap();
+        });
+        let (_, secret) = enrolled(&srv, "alice").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let page = b.get(&public_request(&client, &[])).await;
+        let login = [
+            ("handle", hidden(&page.body, "handle")),
+            ("csrf", hidden(&page.body, "csrf")),
+            ("username", "alice".to_owned()),
+            ("password", PASSWORD.to_owned()),
+        ];
+        let login: Vec<(&str, &str)> = login.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let refused: [&[(&str, &str)]; 7] = [
+            &[("sec-fetch-site", "cross-site")],
+            &[("sec-fetch-site", "same-site")],
+            &[("origin", "https://evil.example")],
+            &[("origin", "https://sibling.example.com")],
+            &[("origin", "http://auth.example.com")],
+            &[("origin", "null")],
+            &[
+                ("origin", "https://auth.example.com"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        ];
+        let before = srv.store.password_verifications().await.unwrap();
+        for headers in refused {
+            let r = b.post_with("/authorize/login", &login, headers).await;
+            assert_eq!(r.status, 403, "{headers:?}");
+            assert!(r.body.contains("came from another site"));
+        }
+        assert_eq!(srv.store.password_verifications().await.unwrap(), before);
+        // What a browser sends from the page itself.
+        let same: &[(&str, &str)] = &[
+            ("origin", "https://auth.example.com"),
+            ("sec-fetch-site", "same-origin"),
+        ];
+        let otp_page = b.post_with("/authorize/login", &login, same).await;
+        assert!(is_second_factor_page(&otp_page), "{}", otp_page.body);
+        let code = totp(&srv, &secret, 0);
+        let otp = [
+            ("handle", hidden(&otp_page.body, "handle")),
+            ("csrf", hidden(&otp_page.body, "csrf")),
+            ("ticket", hidden(&otp_page.body, "ticket")),
+            ("code", code.clone()),
+        ];
+        let otp: Vec<(&str, &str)> = otp.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for headers in refused {
+            let r = b.post_with(LOGIN_OTP, &otp, headers).await;
+            assert_eq!(r.status, 403, "{headers:?}");
+        }
+        assert_eq!(count(&srv, AuditKind::TotpUsed).await, 0);
+        let consent = b.post_with(LOGIN_OTP, &otp, same).await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        let decision = [
+            ("handle", hidden(&consent.body, "handle")),
+            ("csrf", hidden(&consent.body, "csrf")),
+            ("decision", "approve".to_owned()),
+        ];
+        let decision: Vec<(&str, &str)> = decision.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for headers in refused {
+            let r = b.post_with("/authorize/consent", &decision, headers).await;
+            assert_eq!(r.status, 403, "{headers:?}");
+        }
+        assert_eq!(count(&srv, AuditKind::CodeIssued).await, 0);
+        // No Origin and no Sec-Fetch-Site (an older browser): the token still decides.
+        let done = b.post("/authorize/consent", &decision).await;
+        assert_eq!(done.status, 303, "{}", done.body);
+    }
+
+    // ----- headers of every page ----------------------------------------------------------
+
+    #[tokio::test]
+    async fn every_page_carries_the_same_security_headers_under_https() {
+        let srv = mfa_server(|c| {
+            c.issuer = url::Url::parse("https://auth.example.com/tenant").unwrap();
+        });
+        let (_, secret) = enrolled(&srv, "alice").await;
+        user(&srv, "bob").await;
+        let client = public_client(&srv, "App", "read").await;
+        let mut b = Browser::new(&srv);
+        let mut pages: Vec<(&str, TestResponse)> = Vec::new();
+        let login_page = b.get(&public_request(&client, &[])).await;
+        let wrong = b
+            .post(
+                "/authorize/login",
+                &[
+                    ("handle", &hidden(&login_page.body, "handle")),
+                    ("csrf", &hidden(&login_page.body, "csrf")),
+                    ("username", "alice"),
+                    ("password", "wrong password!"),
+                ],
+            )
+            .await;
+        assert_eq!(wrong.status, 401);
+        let otp_page = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
+        assert!(is_second_factor_page(&otp_page));
+        let otp_wrong = second_factor(&mut b, &otp_page, "code", "12345x").await;
+        assert_eq!(otp_wrong.status, 401);
+        let consent = second_factor(&mut b, &otp_page, "code", &totp(&srv, &secret, 0)).await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        let mut bob = Browser::new(&srv);
+        let bob_consent = sign_in(&mut bob, &public_request(&client, &[]), "bob").await;
+        let error = srv.get("/authorize?client_id=x", &[]).await;
+        let csrf = srv.post_form("/authorize/login", "handle=x", &[]).await;
+        let ticket = b
+            .post(
+                LOGIN_OTP,
+                &[
+                    ("handle", &hidden(&otp_page.body, "handle")),
+                    ("csrf", &hidden(&otp_page.body, "csrf")),
+                    ("ticket", "forged"),
+                    ("code", "123456"),
+                ],
+            )
+            .await;
+        srv.clock.advance(Duration::from_secs(601));
+        let expired = second_factor(&mut b, &otp_page, "code", "123456").await;
+        pages.extend([
+            ("login", login_page),
+            ("login 401", wrong),
+            ("second factor", otp_page),
+            ("second factor 401", otp_wrong),
+            ("consent after the second factor", consent),
+            ("consent", bob_consent),
+            ("error", error),
+            ("csrf", csrf),
+            ("bad ticket", ticket),
+            ("expired", expired),
+        ]);
+        let expected_status = [200, 401, 200, 401, 200, 200, 400, 403, 400, 400];
+        let reference = &pages[0].1;
+        let csp_base = |r: &TestResponse| {
+            let csp = r.header("content-security-policy").unwrap().to_owned();
+            csp.split("; ")
+                .filter(|d| !d.starts_with("form-action"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        for ((name, r), status) in pages.iter().zip(expected_status) {
+            assert_eq!(r.status, status, "{name}: {}", r.body);
+            for h in [
+                "content-type",
+                "cache-control",
+                "pragma",
+                "x-frame-options",
+                "x-content-type-options",
+                "referrer-policy",
+                "cross-origin-opener-policy",
+            ] {
+                assert!(r.header(h).is_some(), "{name} lacks {h}");
+                assert_eq!(r.header(h), reference.header(h), "{name}: {h}");
+            }
+            assert_eq!(csp_base(r), csp_base(reference), "{name}");
+            assert!(csp_base(r).contains("default-src 'none'"));
+            assert!(csp_base(r).contains("frame-ancestors 'none'"));
+            assert_eq!(r.header("referrer-policy"), Some("same-origin"));
+            assert_eq!(r.header("cache-control"), Some("no-store"));
+            assert!(r.body.starts_with("<!DOCTYPE html>"), "{name}");
+            for set in r.headers.get_all("set-cookie") {
+                let set = set.to_str().unwrap();
+                assert!(set.starts_with("__Secure-authstore_"), "{name}: {set}");
+                for attr in ["; HttpOnly", "; SameSite=Lax", "; Secure", "; Path=/tenant"] {
+                    assert!(set.contains(attr), "{name}: {set} lacks {attr}");
+                }
+            }
+        }
+        // The cookies the flow set: CSRF, session and its second-factor proof.
+        for name in ["csrf", "session", "mfa"] {
+            assert!(
+                b.cookie(&format!("__Secure-authstore_{name}")).is_some(),
+                "{name}"
+            );
+        }
     }
 }

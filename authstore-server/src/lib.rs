@@ -42,6 +42,7 @@ mod limits;
 mod maintenance;
 mod metadata;
 mod metrics;
+mod mfa;
 mod pages;
 mod revoke;
 mod state;

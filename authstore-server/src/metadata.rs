@@ -1,8 +1,14 @@
 //! `GET /.well-known/oauth-authorization-server`: authorization server metadata (RFC 8414).
+//!
+//! Served at [`paths::METADATA`] and, for an issuer with a path (`https://host/tenant`),
+//! also at the location RFC 8414 §3 defines for it: the well-known path with the issuer's
+//! path appended (`/.well-known/oauth-authorization-server/tenant`), compared with the
+//! request's path exactly as sent (the issuer path's percent-encoding included). A proxy in
+//! front of several tenants routes that path, unchanged, to the tenant's server.
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -11,7 +17,22 @@ use crate::paths;
 use crate::state::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route(paths::METADATA, get(metadata))
+    // The issuer path is matched by the handler, not put into a route: a path segment such
+    // as `{x}` or `:x` would be read as route syntax.
+    Router::new().route(paths::METADATA, get(metadata)).route(
+        &format!("{}/{{*issuer_path}}", paths::METADATA),
+        get(metadata_for_path),
+    )
+}
+
+/// The RFC 8414 §3 location for an issuer with a path.
+async fn metadata_for_path(State(state): State<AppState>, uri: Uri) -> Response {
+    let issuer_path = state.config.issuer.path().trim_end_matches('/');
+    let wanted = uri.path().strip_prefix(paths::METADATA);
+    if issuer_path.is_empty() || wanted != Some(issuer_path) {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    metadata(State(state)).await
 }
 
 async fn metadata(State(state): State<AppState>) -> Response {
@@ -100,5 +121,44 @@ mod tests {
             j["revocation_endpoint"],
             "https://auth.example.com/tenant-a/revoke"
         );
+    }
+
+    #[tokio::test]
+    async fn rfc8414_location_for_an_issuer_with_a_path() {
+        let t = TestServer::with_config(|c| {
+            c.issuer = url::Url::parse("https://auth.example.com/tenant-a/x%7B1%7D").unwrap();
+        });
+        let at_root = t.get(METADATA, &[]).await;
+        assert_eq!(at_root.status, 200);
+        let r = t
+            .get(
+                "/.well-known/oauth-authorization-server/tenant-a/x%7B1%7D",
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json(), at_root.json());
+        assert_eq!(
+            r.json()["issuer"],
+            "https://auth.example.com/tenant-a/x%7B1%7D"
+        );
+        assert_eq!(r.header("cache-control"), Some("public, max-age=300"));
+        // Another tenant's path, a prefix of ours, or more than ours: not ours.
+        for other in [
+            "/.well-known/oauth-authorization-server/tenant-b",
+            "/.well-known/oauth-authorization-server/tenant-a",
+            "/.well-known/oauth-authorization-server/tenant-a/x%7B1%7D/y",
+            "/.well-known/oauth-authorization-server/tenant-a/x{1}",
+        ] {
+            let r = t.get(other, &[]).await;
+            assert_eq!(r.status, 404, "{other}");
+        }
+        // An issuer without a path has only the one location.
+        let plain = TestServer::new();
+        assert_eq!(plain.get(METADATA, &[]).await.status, 200);
+        let r = plain
+            .get("/.well-known/oauth-authorization-server/tenant-a", &[])
+            .await;
+        assert_eq!(r.status, 404);
     }
 }

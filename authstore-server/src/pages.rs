@@ -1,11 +1,18 @@
-//! The HTML pages of the front channel: login, consent and error pages.
+//! The HTML pages of the front channel: login, second-factor, consent and error pages.
 //!
 //! Plain server-rendered HTML5 that works without JavaScript. Every interpolated value is
-//! escaped ([`escape`]). Every page is sent with a strict Content-Security-Policy (no
-//! script, no image, one inline stylesheet allowed by its hash, no framing, forms only to
-//! this server and, on the login and consent pages, to the client's origin, since browsers
-//! apply `form-action` to the redirect that follows a form submission), `no-store`, and
-//! `nosniff` / `DENY` / `no-referrer`.
+//! escaped ([`escape`]). Every page is sent with the same headers ([`respond`]): a strict
+//! Content-Security-Policy (no script, no image, one inline stylesheet allowed by its hash,
+//! no framing, forms only to this server and, on the form pages, to the client's origin,
+//! since browsers apply `form-action` to the redirect that follows a form submission),
+//! `no-store`, `nosniff`, `DENY`, `Cross-Origin-Opener-Policy: same-origin` and
+//! `Referrer-Policy: same-origin`.
+//!
+//! The referrer policy is `same-origin`, not `no-referrer`: under `no-referrer` browsers
+//! send `Origin: null` with the pages' own form posts (Fetch, "append a request `Origin`
+//! header"), and the form handlers refuse posts whose `Origin` is not the issuer's
+//! ([`crate::csrf`]). `same-origin` sends no `Referer` to any other origin; the pages load
+//! nothing from elsewhere, and redirects to clients carry `Referrer-Policy: no-referrer`.
 
 use std::fmt::Write as _;
 use std::sync::LazyLock;
@@ -15,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::Digest;
 
+use crate::authorize::LOGIN_OTP;
 use crate::paths;
 
 /// The one inline stylesheet.
@@ -97,7 +105,7 @@ pub(crate) fn respond(
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <meta name=\"referrer\" content=\"no-referrer\">\n<title>{}</title>\n\
+         <meta name=\"referrer\" content=\"same-origin\">\n<title>{}</title>\n\
          <style>{STYLE}</style>\n</head>\n<body>\n<main>\n{body}</main>\n</body>\n</html>\n",
         escape(title)
     );
@@ -125,7 +133,7 @@ pub(crate) fn respond(
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         HeaderName::from_static("cross-origin-opener-policy"),
@@ -208,6 +216,62 @@ pub(crate) fn login(
     respond(status, "Sign in", &b, &ctx.target)
 }
 
+/// The second-factor page, after a right password for a user with a TOTP enrolment: a code
+/// from the authenticator app, or (behind "Use a recovery code") a recovery code. Both
+/// forms carry `ticket` ([`crate::mfa`]) and post to [`LOGIN_OTP`].
+pub(crate) fn second_factor(
+    status: StatusCode,
+    ctx: &FormContext<'_>,
+    ticket: &str,
+    message: Option<&str>,
+    force_consent: bool,
+) -> Response {
+    let mut b = String::new();
+    b.push_str("<h1>Two-step verification</h1>\n");
+    let _ = writeln!(
+        b,
+        "<p>to continue to <strong>{}</strong></p>",
+        escape(ctx.client_name)
+    );
+    if let Some(m) = message {
+        let _ = writeln!(b, "<p class=\"msg\" role=\"alert\">{}</p>", escape(m));
+    }
+    let open = |b: &mut String| {
+        let _ = writeln!(
+            b,
+            "<form method=\"post\" action=\"{}{}\">",
+            escape(ctx.base_path),
+            LOGIN_OTP
+        );
+        hidden(b, ctx);
+        let _ = writeln!(
+            b,
+            "<input type=\"hidden\" name=\"ticket\" value=\"{}\">",
+            escape(ticket)
+        );
+        if force_consent {
+            b.push_str("<input type=\"hidden\" name=\"prompt\" value=\"consent\">\n");
+        }
+    };
+    open(&mut b);
+    b.push_str(
+        "<label for=\"code\">Code from your authenticator app</label>\n\
+         <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" \
+         pattern=\"[0-9]{6}\" maxlength=\"6\" autocomplete=\"one-time-code\" required autofocus>\n\
+         <button type=\"submit\">Verify</button>\n</form>\n\
+         <details>\n<summary>Use a recovery code</summary>\n",
+    );
+    open(&mut b);
+    b.push_str(
+        "<label for=\"recovery_code\">Recovery code</label>\n\
+         <input type=\"text\" id=\"recovery_code\" name=\"recovery_code\" \
+         autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" required>\n\
+         <p class=\"muted\">Each recovery code works once.</p>\n\
+         <button type=\"submit\">Use recovery code</button>\n</form>\n</details>\n",
+    );
+    respond(status, "Two-step verification", &b, &ctx.target)
+}
+
 /// The consent page: the client, the scopes it asks for, Approve and Deny.
 pub(crate) fn consent<'s>(
     ctx: &FormContext<'_>,
@@ -273,6 +337,28 @@ pub(crate) fn expired() -> Response {
         StatusCode::BAD_REQUEST,
         "Sign-in request expired",
         "This sign-in request has expired; return to the application and start again.",
+    )
+}
+
+/// The page for a request whose client was disabled, deleted, or no longer has the
+/// request's redirect URI registered: nothing may go back to that URI.
+pub(crate) fn not_returnable() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "Cannot return to the application",
+        "The application's redirect URI is no longer registered, or the application was \
+         disabled. Return to the application and start again; if this happens again, tell \
+         its operator.",
+    )
+}
+
+/// The page for a second-factor form whose ticket is not genuine.
+pub(crate) fn bad_ticket() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "Invalid request",
+        "The sign-in form was altered or belongs to another sign-in request. Return to the \
+         application and start again.",
     )
 }
 

@@ -1917,8 +1917,6 @@ async fn preview_snapshot(
     (stats, audit)
 }
 
-/// `cleanup_preview` (cleanup --dry-run) reports exactly what an unbounded cleanup run
-/// right after deletes, by the same counting convention, and changes nothing.
 /// An empty grant revoked recently is kept for the retention window like any other revoked
 /// row (its revocation stays visible), then goes; the preview agrees at each step.
 pub async fn cleanup_keeps_recently_revoked_empty_grants(h: Harness) {
@@ -1952,6 +1950,8 @@ pub async fn cleanup_keeps_recently_revoked_empty_grants(h: Harness) {
     assert!(s.grant(t.grant_id).await.is_err());
 }
 
+/// `cleanup_preview` (cleanup --dry-run) reports exactly what an unbounded cleanup run
+/// right after deletes, by the same counting convention, and changes nothing.
 pub async fn cleanup_preview_matches_cleanup(h: Harness) {
     use authstore_core::OneTimePurpose::{MagicLink, PasswordReset};
     let (s, clock) = store(&h);
