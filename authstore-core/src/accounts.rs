@@ -310,6 +310,12 @@ impl Authstore {
     /// the password (nor, for unknown users, the identifier typed, which is often a
     /// password typed into the wrong field).
     ///
+    /// For a user with TOTP enrolled, a right password is only the first half: the caller
+    /// must then check [`verify_totp`](Self::verify_totp) or
+    /// [`use_recovery_code`](Self::use_recovery_code), and until one succeeds this attempt
+    /// keeps counting as a failure (so retyping the password cannot reset the second
+    /// factor's lockout).
+    ///
     /// [`LoginPolicy::max_user_failures`]: crate::LoginPolicy::max_user_failures
     /// [`LoginPolicy::max_source_failures`]: crate::LoginPolicy::max_source_failures
     pub async fn login(
@@ -392,13 +398,20 @@ impl Authstore {
                         .set_password_hash(u.id, &hash, false, ev)
                         .await?;
                 }
+                // With a second factor enrolled, the password alone is half a login: the
+                // attempt row recorded above stays counted against the user until
+                // `verify_totp` or `use_recovery_code` succeeds. Otherwise someone who knows
+                // the password could clear the second factor's failures by typing it again.
+                let second_factor = self.backend.get_totp(u.id).await?.is_some();
                 let ev = with_source(
                     self.event(AuditKind::LoginSucceeded, now)
-                        .subject(Some(&u.subject())),
+                        .subject(Some(&u.subject()))
+                        .detail("second_factor_pending", second_factor),
                     source,
                 );
+                let detach = if second_factor { None } else { Some(u.id) };
                 self.backend
-                    .record_login_attempt(Some(u.id), source, true, ev)
+                    .record_login_attempt(detach, source, true, ev)
                     .await?;
                 Ok(u)
             }

@@ -363,7 +363,9 @@ impl Authstore {
             }
             None => false,
         };
-        if !accepted {
+        if accepted {
+            self.second_factor_succeeded(user).await?;
+        } else {
             self.second_factor_failed(user).await?;
         }
         Ok(accepted)
@@ -430,7 +432,9 @@ impl Authstore {
             }
             None => false,
         };
-        if !used {
+        if used {
+            self.second_factor_succeeded(user).await?;
+        } else {
             self.second_factor_failed(user).await?;
         }
         Ok(used)
@@ -453,6 +457,15 @@ impl Authstore {
             });
         }
         Ok(())
+    }
+
+    /// A second factor passed: the login is complete, so the user's failures (the
+    /// password step's attempt row included) are cleared, as a password-only success does.
+    async fn second_factor_succeeded(&self, user: UserId) -> Result<()> {
+        let ev = self.ev(AuditKind::SecondFactorSucceeded, user);
+        self.backend
+            .record_login_attempt(Some(user), None, true, ev)
+            .await
     }
 
     async fn second_factor_failed(&self, user: UserId) -> Result<()> {

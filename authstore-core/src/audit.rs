@@ -95,6 +95,8 @@ str_enum!(
         LoginFailed => "login.failed",
         /// A TOTP code or recovery code was wrong (counted with login failures).
         SecondFactorFailed => "second_factor.failed",
+        /// A second factor completed a login: the user's failures are cleared only now.
+        SecondFactorSucceeded => "second_factor.succeeded",
         /// A login was refused because of too many recent failures.
         LoginLocked => "login.locked",
         /// A login session began.

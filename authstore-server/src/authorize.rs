@@ -439,14 +439,9 @@ impl Flow<'_> {
     /// yet, but the second-factor page with a fresh ticket (unless their second factor is
     /// locked).
     async fn start_second_factor(&self, user: UserId, force_consent: bool) -> Response {
-        match mfa::locked_for(&self.app.store, user).await {
-            Ok(Some(wait)) => {
-                metrics::login("locked");
-                return pages::too_many(wait.as_secs());
-            }
-            Ok(None) => {}
-            Err(e) => return store_error_page(&e),
-        }
+        // A locked user never gets here: the store refused the password step
+        // (`TooManyAttempts`), and until a second factor passes each password step keeps
+        // counting against the user.
         metrics::login("second_factor");
         let expires = self.app.store.now().saturating_add(mfa::TICKET_LIFETIME);
         let key = mfa::ticket_key(&self.app.store);
@@ -987,15 +982,8 @@ async fn login_otp(State(app): State<AppState>, req: Request) -> Response {
             );
         }
     };
-    match mfa::locked_for(&app.store, user).await {
-        Ok(Some(wait)) => {
-            metrics::login("locked");
-            return pages::too_many(wait.as_secs());
-        }
-        Ok(None) => {}
-        Err(e) => return store_error_page(&e),
-    }
-    // Each wrong code counts as a failure of the user in the store's lockout.
+    // The store refuses a locked user (`TooManyAttempts`); each wrong code counts as a
+    // failure of the user in its lockout.
     let verdict = match (code, recovery) {
         (Some(c), _) => app.store.verify_totp(user, c).await,
         (None, Some(r)) => app.store.use_recovery_code(user, r).await,
@@ -2703,24 +2691,16 @@ mod tests {
                 401
             );
         }
-        // The password again (which clears the store's count of the user's failures).
+        // The password step and four wrong codes are five failures: the user is locked.
+        // The password again opens no new round of guesses (a right password does not
+        // clear the count until a second factor passes), and the right code is refused too.
         let second = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
-        assert!(is_second_factor_page(&second), "{}", second.body);
+        assert_eq!(second.status, 429, "{}", second.body);
+        assert!(second.header("retry-after").is_some());
         assert_eq!(
-            second_factor(&mut b, &second, "code", wrong).await.status,
-            401
-        );
-        // Five wrong codes within the window: locked, the right code included.
-        let r = second_factor(&mut b, &second, "code", wrong).await;
-        assert_eq!(r.status, 429, "{}", r.body);
-        assert!(r.header("retry-after").is_some());
-        assert_eq!(
-            second_factor(&mut b, &second, "code", &right).await.status,
+            second_factor(&mut b, &first, "code", &right).await.status,
             429
         );
-        // And the password does not open a new round of guesses.
-        let third = sign_in(&mut b, &public_request(&client, &[]), "alice").await;
-        assert_eq!(third.status, 429, "{}", third.body);
         assert!(b.cookie("authstore_session").is_none());
         assert_eq!(count(&srv, AuditKind::TotpUsed).await, 0);
         // After the window, the right code works.

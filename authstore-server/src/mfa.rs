@@ -19,9 +19,7 @@
 
 use std::time::Duration;
 
-use authstore_core::{
-    AuditKind, AuditQuery, AuthContext, Authstore, Error as CoreError, Timestamp, UserId,
-};
+use authstore_core::{AuthContext, Authstore, Timestamp, UserId};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use zeroize::Zeroizing;
@@ -159,48 +157,6 @@ pub(crate) fn proves(key: &[u8; 32], session_handle: &str, presented: Option<&st
         return false;
     };
     blake3::Hash::from_bytes(bytes) == proof_mac(key, session_handle)
-}
-
-/// How long a user's second factor is locked, if it is: `max_user_failures` wrong second
-/// factors within the login window since the user's last good one.
-///
-/// The store's own check ([`Authstore::verify_totp`]) counts the user's login failures,
-/// which a *successful password* clears: someone who knows the password could otherwise
-/// sign in again after every few wrong codes and guess on without end. The audit log keeps
-/// `second_factor.failed` events whatever the password does, so they are counted here.
-pub(crate) async fn locked_for(
-    store: &Authstore,
-    user: UserId,
-) -> Result<Option<Duration>, CoreError> {
-    let policy = store.config().login;
-    let subject = authstore_core::identity::subject_of(user);
-    let since = store.now().saturating_sub(policy.window);
-    let query = |kind| AuditQuery {
-        kind: Some(kind),
-        subject: Some(subject.clone()),
-        since: Some(since),
-        limit: Some(1000),
-        ..AuditQuery::default()
-    };
-    // The last good second factor within the window: failures before it do not count.
-    let mut after = None;
-    for kind in [AuditKind::TotpUsed, AuditKind::RecoveryCodeUsed] {
-        if let Some(e) = store.audit_events(&query(kind)).await?.last() {
-            if after.is_none_or(|a| e.id > a) {
-                after = Some(e.id);
-            }
-        }
-    }
-    let failures = store
-        .audit_events(&AuditQuery {
-            after,
-            limit: Some(policy.max_user_failures.clamp(1, 1000)),
-            ..query(AuditKind::SecondFactorFailed)
-        })
-        .await?
-        .len();
-    let locked = u32::try_from(failures).unwrap_or(u32::MAX) >= policy.max_user_failures;
-    Ok(locked.then_some(policy.window))
 }
 
 #[cfg(test)]

@@ -3594,8 +3594,11 @@ pub async fn totp_and_recovery_codes(h: Harness) {
     );
     assert_eq!(s.unused_recovery_codes(u.id).await.unwrap(), 8);
     let fresh = s.generate_recovery_codes(u.id).await.unwrap();
-    // Five wrong second factors in the window (a replay, an old step, a bad code, a used
-    // recovery code, a bad recovery code) lock second factors like passwords.
+    // Five wrong second factors in the window since the last one that passed (a passed
+    // factor completes a login and clears the count) lock second factors like passwords.
+    for _ in 0..4 {
+        assert!(!s.use_recovery_code(u.id, "nope").await.unwrap());
+    }
     assert!(matches!(
         s.use_recovery_code(u.id, codes[2].secret()).await,
         Err(Error::TooManyAttempts { .. })
@@ -3608,6 +3611,83 @@ pub async fn totp_and_recovery_codes(h: Harness) {
     assert!(s.use_recovery_code(u.id, fresh[0].secret()).await.unwrap());
     let shown = format!("{codes:?} {secret:?}");
     assert!(!shown.contains(codes[3].secret()) && !shown.contains(secret.secret()));
+}
+
+/// With TOTP enrolled, a right password does not clear the user's failures: only a passed
+/// second factor does. Retyping the password cannot reset the second factor's lockout.
+pub async fn second_factor_lockout_survives_the_password(h: Harness) {
+    let (s, clock) = store(&h);
+    let s = s.with_sealing_keys(sealing("s1", 5));
+    let u = person(&s, "mfa").await;
+    s.set_password(
+        u.id,
+        &authstore_core::Password::new("correct horse battery".into()),
+        false,
+    )
+    .await
+    .unwrap();
+    let secret = s.enroll_totp(u.id).await.unwrap();
+    let pw = authstore_core::Password::new("correct horse battery".into());
+    assert_eq!(s.config().login.max_user_failures, 5);
+    // Each round: the right password (its attempt row stays counted: the login is not
+    // complete), then a wrong code. Two failures a round: the third round's code is refused.
+    for round in 1..=3 {
+        s.login("mfa", &pw, None).await.unwrap();
+        let r = s.verify_totp(u.id, "000000").await;
+        if round < 3 {
+            assert!(!r.unwrap(), "round {round}");
+        } else {
+            assert!(
+                matches!(r, Err(Error::TooManyAttempts { .. })),
+                "retyping the password reset the second factor's failures: {r:?}"
+            );
+        }
+    }
+    // After the window, a password and a right code complete the login and clear the count.
+    clock.advance(s.config().login.window + Duration::from_secs(1));
+    s.login("mfa", &pw, None).await.unwrap();
+    let bytes = authstore_core::totp::base32_decode(secret.secret()).unwrap();
+    let code = authstore_core::totp::code(
+        &bytes,
+        authstore_core::totp::step_at(s.now().as_unix_seconds()),
+    );
+    assert!(s.verify_totp(u.id, &code).await.unwrap());
+    let counts = s
+        .backend()
+        .login_failures(
+            Some(u.id),
+            None,
+            s.now().saturating_sub(s.config().login.window),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        counts.user, 0,
+        "a passed second factor clears the user's failures"
+    );
+    // Without a second factor, a password success clears them at once, as before.
+    let plain = person(&s, "plain").await;
+    s.set_password(plain.id, &pw, false).await.unwrap();
+    assert!(
+        s.login(
+            "plain",
+            &authstore_core::Password::new("wrong one here".into()),
+            None
+        )
+        .await
+        .is_err()
+    );
+    s.login("plain", &pw, None).await.unwrap();
+    let counts = s
+        .backend()
+        .login_failures(
+            Some(plain.id),
+            None,
+            s.now().saturating_sub(s.config().login.window),
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts.user, 0);
 }
 
 /// Passkeys: unique credential ids, list, rename, use, delete; ceremony state single use.

@@ -122,6 +122,7 @@ macro_rules! conformance_tests {
             login_sessions,
             one_time_tokens,
             totp_and_recovery_codes,
+            second_factor_lockout_survives_the_password,
             passkeys_and_ceremonies,
             linked_accounts_and_reseal,
         );
