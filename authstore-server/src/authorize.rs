@@ -39,7 +39,7 @@ use crate::state::AppState;
 use crate::{cookies, csrf, metrics, paths};
 
 /// The second-factor form's target (under the issuer's path, like [`paths::LOGIN`]).
-pub(crate) const LOGIN_OTP: &str = "/authorize/login/otp";
+pub(crate) use crate::paths::LOGIN_OTP;
 
 /// `GET /authorize`, `POST /authorize/login`, `POST /authorize/login/otp`,
 /// `POST /authorize/consent`.

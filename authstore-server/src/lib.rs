@@ -19,7 +19,7 @@
 //! |---|---|
 //! | `GET /.well-known/oauth-authorization-server` | RFC 8414 metadata |
 //! | `GET /authorize` | authorization endpoint (code flow with PKCE), login and consent pages |
-//! | `POST /authorize/login`, `POST /authorize/consent` | the forms of those pages (CSRF-protected) |
+//! | `POST /authorize/login`, `POST /authorize/login/otp`, `POST /authorize/consent` | the forms of those pages: password, second factor (TOTP or recovery code), consent (CSRF-protected) |
 //! | `POST /token` | token endpoint: `authorization_code`, `client_credentials`, `refresh_token` |
 //! | `POST /introspect` | RFC 7662 token introspection (client authentication required) |
 //! | `POST /revoke` | RFC 7009 token revocation |
@@ -71,6 +71,8 @@ pub mod paths {
     pub const AUTHORIZE: &str = "/authorize";
     /// The login form's target.
     pub const LOGIN: &str = "/authorize/login";
+    /// The second-factor form's target (TOTP or recovery code, after the password).
+    pub const LOGIN_OTP: &str = "/authorize/login/otp";
     /// The consent form's target.
     pub const CONSENT: &str = "/authorize/consent";
     /// Token endpoint.
@@ -157,6 +159,9 @@ fn parse_issuer(issuer: &str) -> Result<url::Url, ServerError> {
     }
     if url.host().is_none() {
         return Err(bad("has no host"));
+    }
+    if url.path().contains(';') {
+        return Err(bad("must not have ';' in its path (it could not be a cookie path)"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("must not have a query or fragment (RFC 8414 §2)"));
@@ -308,6 +313,7 @@ mod tests {
             "http://x/?a=b",
             "http://x/#f",
             "http://u:p@x",
+            "http://x/a;b",
         ] {
             assert!(ServerConfig::new(bad).is_err(), "{bad}");
         }

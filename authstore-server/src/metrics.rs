@@ -9,7 +9,7 @@
 //! | `authstore_tokens_validated_total` | counter | `result` (`active`, `inactive`) |
 //! | `authstore_tokens_revoked_total` | counter | `kind` (`token`, `grant`) |
 //! | `authstore_replay_detected_total` | counter | `kind` (`code`, `refresh_token`) |
-//! | `authstore_logins_total` | counter | `result` (`success`, `failure`, `locked`, `rate_limited`) |
+//! | `authstore_logins_total` | counter | `result` (`success`, `failure`, `locked`, `rate_limited`, `second_factor`: a right password that now needs the second factor) |
 //! | `authstore_cleanup_runs_total` | counter | `result` (`ok`, `error`) |
 //! | `authstore_cleanup_deleted_total` | counter | `kind` |
 
