@@ -161,7 +161,9 @@ fn parse_issuer(issuer: &str) -> Result<url::Url, ServerError> {
         return Err(bad("has no host"));
     }
     if url.path().contains(';') {
-        return Err(bad("must not have ';' in its path (it could not be a cookie path)"));
+        return Err(bad(
+            "must not have ';' in its path (it could not be a cookie path)",
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("must not have a query or fragment (RFC 8414 §2)"));
