@@ -171,3 +171,15 @@ impl IntoResponse for OAuthError {
         resp
     }
 }
+
+/// A back-channel handler's result as the response: the error answer is logged at debug
+/// level with its code and status only (never a parameter value).
+pub(crate) fn answer(result: Result<Response, OAuthError>, refused: &'static str) -> Response {
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(error = e.error, status = e.status.as_u16(), "{refused}");
+            e.into_response()
+        }
+    }
+}

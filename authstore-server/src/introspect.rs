@@ -38,17 +38,10 @@ async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &headers, body).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(
-                error = e.error,
-                status = e.status.as_u16(),
-                "introspection refused"
-            );
-            e.into_response()
-        }
-    }
+    crate::error::answer(
+        handle(&state, &headers, body).await,
+        "introspection refused",
+    )
 }
 
 async fn handle(

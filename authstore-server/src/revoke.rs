@@ -31,17 +31,7 @@ async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &headers, body).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(
-                error = e.error,
-                status = e.status.as_u16(),
-                "revocation refused"
-            );
-            e.into_response()
-        }
-    }
+    crate::error::answer(handle(&state, &headers, body).await, "revocation refused")
 }
 
 async fn handle(

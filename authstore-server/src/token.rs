@@ -89,17 +89,10 @@ async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &headers, body).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(
-                error = e.error,
-                status = e.status.as_u16(),
-                "token request refused"
-            );
-            e.into_response()
-        }
-    }
+    crate::error::answer(
+        handle(&state, &headers, body).await,
+        "token request refused",
+    )
 }
 
 async fn handle(
