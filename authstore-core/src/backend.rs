@@ -821,6 +821,83 @@ pub struct Stats {
     pub database_bytes: Option<u64>,
 }
 
+/// Which key ring a [`KeyCheck`] is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRingKind {
+    /// The token key ring ([`TokenKeyring`](crate::TokenKeyring)): hashes every token and
+    /// client secret.
+    Token,
+    /// The sealing key ring ([`SealingKeyring`](crate::SealingKeyring)): seals reversible
+    /// secrets.
+    Sealing,
+}
+
+impl KeyRingKind {
+    /// Both rings, in the order [`Maintenance::key_checks`] lists them (by name).
+    pub const ALL: [KeyRingKind; 2] = [KeyRingKind::Sealing, KeyRingKind::Token];
+
+    /// The name stored in the database: `token` or `sealing`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyRingKind::Token => "token",
+            KeyRingKind::Sealing => "sealing",
+        }
+    }
+
+    /// The ring named `s` (as stored), or `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for KeyRingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The length of a key check in bytes.
+pub const KEY_CHECK_LEN: usize = 16;
+
+/// A key used with a database, recorded so that the database can tell when it is opened with
+/// another key under the same id, or with none of the keys it was used with
+/// ([`Authstore::verify_keys`](crate::Authstore::verify_keys)).
+///
+/// `check` is derived from the key with BLAKE3's key derivation under a fixed context
+/// ([`TokenKey::key_check`](crate::TokenKey::key_check),
+/// [`SealingKey::key_check`](crate::SealingKey::key_check)): it tells two keys apart and
+/// reveals nothing about either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// The ring the key belongs to.
+    pub ring: KeyRingKind,
+    /// The key's id (1 to 64 printable ASCII characters).
+    pub key_id: String,
+    /// The key's check value.
+    pub check: [u8; KEY_CHECK_LEN],
+    /// When the key was first seen with this database.
+    pub recorded_at: Timestamp,
+}
+
+impl KeyCheck {
+    /// Whether `other` is about the same key: same ring, id and check (`recorded_at` aside).
+    pub fn same_key(&self, other: &KeyCheck) -> bool {
+        self.ring == other.ring && self.key_id == other.key_id && self.check == other.check
+    }
+}
+
+/// Whether two lists of key checks hold the same keys (ring, id and check; `recorded_at` and
+/// order aside). What [`Maintenance::add_key_checks`] compares.
+pub fn same_key_checks(a: &[KeyCheck], b: &[KeyCheck]) -> bool {
+    let key = |c: &KeyCheck| (c.ring, c.key_id.clone(), c.check);
+    let mut a: Vec<_> = a.iter().map(key).collect();
+    let mut b: Vec<_> = b.iter().map(key).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
 /// Upkeep: schema, cleanup, statistics.
 #[async_trait]
 pub trait Maintenance: Debug + Send + Sync + 'static {
@@ -874,6 +951,19 @@ pub trait Maintenance: Debug + Send + Sync + 'static {
 
     /// Counts per kind as of `now`.
     async fn stats(&self, now: Timestamp) -> Result<Stats>;
+
+    /// Every key check recorded for this database, ordered by ring name (`sealing` before
+    /// `token`) then key id (byte order). One read; never writes.
+    async fn key_checks(&self) -> Result<Vec<KeyCheck>>;
+
+    /// **Compare-and-set**: in one transaction, if the stored key checks are still exactly
+    /// `seen` (the same keys, compared with [`same_key_checks`]), inserts `new` and returns
+    /// `true`; otherwise writes nothing and returns `false` (another process recorded keys
+    /// meanwhile: the caller reads again and decides again). A check is never overwritten:
+    /// an entry of `new` whose (ring, key id) is stored already, or appears twice in `new`,
+    /// fails with [`Error::Conflict`](crate::Error::Conflict) and writes nothing. Not
+    /// audited: it records configuration, not a change of security state.
+    async fn add_key_checks(&self, seen: &[KeyCheck], new: &[KeyCheck]) -> Result<bool>;
 }
 
 /// Everything a backend provides; what [`Authstore`](crate::Authstore) holds as

@@ -1,5 +1,6 @@
 //! The one error type of authstore.
 
+use crate::backend::KeyRingKind;
 use crate::model::GrantId;
 
 /// A convenient alias for results of authstore operations.
@@ -156,6 +157,36 @@ pub enum Error {
         /// How long to wait at most.
         retry_after: std::time::Duration,
     },
+    /// A configured key is not the key this database was used with under the same id: what
+    /// it hashed (or sealed) would be useless to the rest of the deployment, and what the
+    /// database holds under that id would not verify (or open) with it. Nothing was written.
+    #[error(
+        "the {ring} key {key_id:?} is not the {ring} key this database was used with under \
+         that id: use the {ring} key file this database was created with (a new key needs a \
+         new id)"
+    )]
+    KeyMismatch {
+        /// The ring of the key.
+        ring: KeyRingKind,
+        /// The key's id.
+        key_id: String,
+    },
+    /// None of the configured keys of a ring was ever used with this database: every token
+    /// (or sealed value) it holds would stop verifying. Nothing was written.
+    #[error(
+        "none of the configured {ring} keys ({}) was ever used with this database, which was \
+         used with the {ring} keys {}: use the {ring} key file this database was created with \
+         (to rotate, keep one of those keys as an older key next to the new one)",
+        quoted(.configured), quoted(.known)
+    )]
+    KeysUnknown {
+        /// The ring.
+        ring: KeyRingKind,
+        /// The ids of the configured keys of the ring.
+        configured: Vec<String>,
+        /// The ids of the keys of the ring the database was used with.
+        known: Vec<String>,
+    },
     /// The storage backend failed. The source is kept; [`Error::is_temporary`] says whether
     /// retrying may help.
     #[error("{backend} backend error{}", if *.temporary { " (temporary: retry)" } else { "" })]
@@ -244,6 +275,16 @@ impl Error {
             Self::SealedValueInvalid { .. } => "AS0019",
             Self::InvalidCredentials => "AS0020",
             Self::TooManyAttempts { .. } => "AS0021",
+            Self::KeyMismatch { .. } => "AS0022",
+            Self::KeysUnknown { .. } => "AS0023",
         }
     }
+}
+
+/// `"a", "b"` (ids are printable ASCII, never key material).
+fn quoted(ids: &[String]) -> String {
+    ids.iter()
+        .map(|i| format!("{i:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

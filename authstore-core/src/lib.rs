@@ -18,7 +18,7 @@ pub mod totp;
 
 pub use accounts2::{NewPasskey, RECOVERY_CODES, ResealReport};
 pub use audit::{AuditContext, AuditEvent, AuditKind, AuditQuery};
-pub use backend::Backend;
+pub use backend::{Backend, KeyCheck, KeyRingKind};
 pub use error::{Error, Result};
 pub use identity::{
     Ceremony, CeremonyKind, FailureCounts, Group, GroupId, LinkedAccount, LinkedAccountId,

@@ -15,8 +15,9 @@ use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
 use zeroize::Zeroizing;
 
+use crate::backend::KEY_CHECK_LEN;
 use crate::error::{Error, Result};
-use crate::token::{TokenKey, random_bytes};
+use crate::token::{TokenKey, key_check, random_bytes};
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -75,7 +76,19 @@ impl SealingKey {
     pub fn id(&self) -> &str {
         self.key.id()
     }
+
+    /// The key's check: 16 bytes that tell this key apart from any other and reveal nothing
+    /// about it, recorded in the database the key is used with
+    /// ([`Authstore::verify_keys`](crate::Authstore::verify_keys)). Derived like
+    /// [`TokenKey::key_check`] under its own context, [`SEALING_KEY_CHECK_CONTEXT`], so the
+    /// same bytes used as a token key and as a sealing key give different checks.
+    pub fn key_check(&self) -> [u8; KEY_CHECK_LEN] {
+        key_check(SEALING_KEY_CHECK_CONTEXT, self.key.bytes())
+    }
 }
+
+/// The BLAKE3 key-derivation context of [`SealingKey::key_check`].
+pub const SEALING_KEY_CHECK_CONTEXT: &str = "authstore 2026 sealing key check v1";
 
 /// Where a sealed value lives: the associated data it is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +203,11 @@ impl SealingKeyring {
     /// The active key's id.
     pub fn active_id(&self) -> &str {
         self.active.id()
+    }
+
+    /// Every key of the ring: the active one first, then the older ones.
+    pub fn keys(&self) -> impl Iterator<Item = &SealingKey> {
+        std::iter::once(&self.active).chain(&self.older)
     }
 
     /// Seals `plaintext` for `ctx` under the active key.
@@ -367,6 +385,27 @@ mod tests {
         assert_eq!(&*only_new.open_str(&moved, &ctx(b"r")).unwrap(), "secret");
         // Reseal of a value moved to another row fails instead of laundering it.
         assert!(ring.reseal(&v, &ctx(b"other")).is_err());
+    }
+
+    #[test]
+    fn key_checks_differ_from_token_key_checks() {
+        let s = SealingKey::from_bytes("k", [5; 32]).unwrap();
+        let t = TokenKey::from_bytes("k", [5; 32]).unwrap();
+        assert_ne!(s.key_check(), t.key_check(), "own context per ring");
+        assert_eq!(
+            s.key_check(),
+            SealingKey::from_hex("other", &s.to_hex())
+                .unwrap()
+                .key_check()
+        );
+        assert_ne!(
+            s.key_check(),
+            SealingKey::from_bytes("k", [6; 32]).unwrap().key_check()
+        );
+        let ring =
+            SealingKeyring::with_older(s, vec![SealingKey::generate("old").unwrap()]).unwrap();
+        let ids: Vec<&str> = ring.keys().map(SealingKey::id).collect();
+        assert_eq!(ids, ["k", "old"]);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditContext, AuditEvent, AuditKind, AuditQuery};
 use crate::backend::{
-    Backend, CleanupOptions, CleanupReport, CodeConsumption, RevokeOutcome, Rotation, RotationMode,
-    Stats, TokenIssue,
+    Backend, CleanupOptions, CleanupReport, CodeConsumption, KeyCheck, KeyRingKind, RevokeOutcome,
+    Rotation, RotationMode, Stats, TokenIssue,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -445,6 +445,23 @@ pub struct ForeignTokens<'a> {
     /// The scope; `None` means the client's allowed scopes.
     pub scope: Option<&'a Scopes>,
 }
+
+/// What [`Authstore::verify_keys`] found: the configured keys the database knew, and those it
+/// saw for the first time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyVerification {
+    /// Configured keys the database was used with before, as recorded then (with when they
+    /// were first seen).
+    pub matched: Vec<KeyCheck>,
+    /// Configured keys new to the database, recorded by this call.
+    pub recorded: Vec<KeyCheck>,
+}
+
+/// How often [`Authstore::verify_keys`] reads again after another process recorded keys
+/// between its read and its write. Each retry means someone else's write succeeded, so this
+/// bounds nothing but a pathological stampede.
+const KEY_CHECK_ATTEMPTS: usize = 5;
 
 /// The façade: every operation of authstore, on any backend.
 ///
@@ -1769,6 +1786,84 @@ impl Authstore {
         self.backend.migrate().await
     }
 
+    /// Checks that this store's keys are the keys its database was used with, and records
+    /// the keys it sees for the first time. Call it right after [`migrate`](Self::migrate),
+    /// before serving: a store opened with another key file would otherwise hash new tokens
+    /// and client secrets under a key the rest of the deployment does not have, while every
+    /// existing token silently stops verifying.
+    ///
+    /// Each key of the token ring (active and older), and of the sealing ring if one is
+    /// configured, is compared with the check recorded for its (ring, id)
+    /// ([`TokenKey::key_check`](crate::TokenKey::key_check)):
+    /// - a recorded check that differs is [`Error::KeyMismatch`];
+    /// - a ring with checks recorded of which none has an id of the configured ring is
+    ///   [`Error::KeysUnknown`] (none of these keys was ever used with this database);
+    /// - otherwise the keys not recorded yet are recorded (the first use of a database; a
+    ///   rotation that adds a new active key and keeps an old one as an older key), and
+    ///   returned in [`KeyVerification::recorded`].
+    ///
+    /// A sealing ring that is not configured is not checked. Recorded checks are never
+    /// changed or removed: an id keeps naming the same key for the life of the database. A
+    /// refused call writes nothing. One read, plus one write when a key is new (a
+    /// compare-and-set: if another process recorded keys in between, it reads and decides
+    /// again). Writes no audit event.
+    pub async fn verify_keys(&self) -> Result<KeyVerification> {
+        let mine = self.configured_key_checks(self.now());
+        for _ in 0..KEY_CHECK_ATTEMPTS {
+            let stored = self.backend.key_checks().await?;
+            let found = compare_key_checks(&stored, &mine)?;
+            if found.recorded.is_empty() {
+                return Ok(found);
+            }
+            if self
+                .backend
+                .add_key_checks(&stored, &found.recorded)
+                .await?
+            {
+                for c in &found.recorded {
+                    tracing::info!(
+                        ring = %c.ring,
+                        key_id = %c.key_id,
+                        "recorded a key new to this database"
+                    );
+                }
+                return Ok(found);
+            }
+        }
+        Err(Error::backend(
+            self.backend.backend_name(),
+            true,
+            "other processes kept recording keys while this one tried to: try again",
+        ))
+    }
+
+    /// The key checks recorded for this database (see [`verify_keys`](Self::verify_keys)),
+    /// ordered by ring name then key id.
+    pub async fn key_checks(&self) -> Result<Vec<KeyCheck>> {
+        self.backend.key_checks().await
+    }
+
+    /// The checks of the configured keys: the token ring's, then the sealing ring's.
+    fn configured_key_checks(&self, at: Timestamp) -> Vec<KeyCheck> {
+        let token = self.keys.keys().map(|k| KeyCheck {
+            ring: KeyRingKind::Token,
+            key_id: k.id().to_owned(),
+            check: k.key_check(),
+            recorded_at: at,
+        });
+        let sealing = self
+            .sealing
+            .iter()
+            .flat_map(|r| r.keys())
+            .map(|k| KeyCheck {
+                ring: KeyRingKind::Sealing,
+                key_id: k.id().to_owned(),
+                check: k.key_check(),
+                recorded_at: at,
+            });
+        token.chain(sealing).collect()
+    }
+
     /// Deletes dead rows past the retention window in bounded batches (see
     /// [`Maintenance::cleanup`](crate::backend::Maintenance::cleanup)); returns counts.
     pub async fn cleanup(&self, options: &CleanupOptions) -> Result<CleanupReport> {
@@ -1795,6 +1890,43 @@ impl Authstore {
     pub async fn stats(&self) -> Result<Stats> {
         self.backend.stats(self.now()).await
     }
+}
+
+/// The rule of [`Authstore::verify_keys`]: the configured keys (`mine`) against the recorded
+/// ones, ring by ring (token first). A ring with no configured key is not checked.
+fn compare_key_checks(stored: &[KeyCheck], mine: &[KeyCheck]) -> Result<KeyVerification> {
+    let mut out = KeyVerification::default();
+    for ring in [KeyRingKind::Token, KeyRingKind::Sealing] {
+        let configured: Vec<&KeyCheck> = mine.iter().filter(|c| c.ring == ring).collect();
+        if configured.is_empty() {
+            continue;
+        }
+        let known: Vec<&KeyCheck> = stored.iter().filter(|c| c.ring == ring).collect();
+        let mut any_known = false;
+        for c in &configured {
+            match known.iter().find(|k| k.key_id == c.key_id) {
+                Some(k) if k.check == c.check => {
+                    any_known = true;
+                    out.matched.push((*k).clone());
+                }
+                Some(_) => {
+                    return Err(Error::KeyMismatch {
+                        ring,
+                        key_id: c.key_id.clone(),
+                    });
+                }
+                None => out.recorded.push((*c).clone()),
+            }
+        }
+        if !known.is_empty() && !any_known {
+            return Err(Error::KeysUnknown {
+                ring,
+                configured: configured.iter().map(|c| c.key_id.clone()).collect(),
+                known: known.iter().map(|c| c.key_id.clone()).collect(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn default_grant_types(new: &NewClient) -> BTreeSet<GrantType> {
@@ -1901,5 +2033,74 @@ mod tests {
         send(s.issue_client_credentials(c, None, o));
         send(s.authorization_session(""));
         send(s.cleanup(&CleanupOptions::default()));
+        send(s.verify_keys());
+    }
+
+    fn check(ring: KeyRingKind, id: &str, byte: u8) -> KeyCheck {
+        KeyCheck {
+            ring,
+            key_id: id.to_owned(),
+            check: [byte; 16],
+            recorded_at: Timestamp::from_unix_micros(0),
+        }
+    }
+
+    #[test]
+    fn key_check_rules() {
+        use KeyRingKind::{Sealing, Token};
+        let t1 = check(Token, "k1", 1);
+        let t2 = check(Token, "k2", 2);
+        let s1 = check(Sealing, "s1", 3);
+        // Fresh database: everything is new.
+        let v = compare_key_checks(&[], &[t1.clone(), s1.clone()]).unwrap();
+        assert_eq!(v.recorded, [t1.clone(), s1.clone()]);
+        assert!(v.matched.is_empty());
+        // Same keys again: all matched, nothing new.
+        let stored = [s1.clone(), t1.clone()];
+        let v = compare_key_checks(&stored, &[t1.clone(), s1.clone()]).unwrap();
+        assert_eq!(v.matched, [t1.clone(), s1.clone()]);
+        assert!(v.recorded.is_empty());
+        // Another key under a known id.
+        let e = compare_key_checks(&stored, &[check(Token, "k1", 9)]).unwrap_err();
+        assert!(matches!(&e, Error::KeyMismatch { ring: Token, key_id } if key_id == "k1"));
+        assert_eq!(e.code(), "AS0022");
+        assert!(!e.is_temporary());
+        // An older key under a known id that differs is refused too.
+        assert!(matches!(
+            compare_key_checks(&stored, &[t2.clone(), check(Token, "k1", 9)]),
+            Err(Error::KeyMismatch { .. })
+        ));
+        // Only unknown ids.
+        let e = compare_key_checks(&stored, std::slice::from_ref(&t2)).unwrap_err();
+        assert!(
+            matches!(&e, Error::KeysUnknown { ring: Token, configured, known }
+                if configured == &["k2"] && known == &["k1"]),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), "AS0023");
+        assert!(e.to_string().contains("\"k1\"") && e.to_string().contains("\"k2\""));
+        // Rotation: new active, old kept.
+        let v = compare_key_checks(&stored, &[t2.clone(), t1.clone()]).unwrap();
+        assert_eq!(
+            (v.matched, v.recorded),
+            (vec![t1.clone()], vec![t2.clone()])
+        );
+        // No sealing ring configured: the recorded sealing checks are not looked at.
+        let v = compare_key_checks(
+            &[check(Sealing, "s1", 8), t1.clone()],
+            std::slice::from_ref(&t1),
+        )
+        .unwrap();
+        assert_eq!(v.matched.len(), 1);
+        assert_eq!(v.matched[0], t1);
+        // The sealing ring is checked like the token ring.
+        assert!(matches!(
+            compare_key_checks(&stored, &[t1.clone(), check(Sealing, "s1", 8)]),
+            Err(Error::KeyMismatch { ring: Sealing, .. })
+        ));
+        assert!(matches!(
+            compare_key_checks(&stored, &[t1, check(Sealing, "s2", 3)]),
+            Err(Error::KeysUnknown { ring: Sealing, .. })
+        ));
     }
 }

@@ -10,6 +10,7 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
+use crate::backend::KEY_CHECK_LEN;
 use crate::error::{Error, Result};
 
 /// The longest token string accepted, minted here or elsewhere.
@@ -416,6 +417,26 @@ impl TokenKey {
     fn hash(&self, token: &[u8]) -> TokenHash {
         TokenHash(*blake3::keyed_hash(&self.key, token).as_bytes())
     }
+
+    /// The key's check: 16 bytes that tell this key apart from any other and reveal nothing
+    /// about it, recorded in the database the key is used with
+    /// ([`Authstore::verify_keys`](crate::Authstore::verify_keys)). The first 16 bytes of
+    /// BLAKE3's key derivation from the key under the context [`TOKEN_KEY_CHECK_CONTEXT`]:
+    /// key-derivation mode, so no token hash (keyed-hash mode) can ever equal it.
+    pub fn key_check(&self) -> [u8; KEY_CHECK_LEN] {
+        key_check(TOKEN_KEY_CHECK_CONTEXT, &self.key)
+    }
+}
+
+/// The BLAKE3 key-derivation context of [`TokenKey::key_check`].
+pub const TOKEN_KEY_CHECK_CONTEXT: &str = "authstore 2026 token key check v1";
+
+/// The first [`KEY_CHECK_LEN`] bytes of BLAKE3's key derivation from `key` under `context`.
+pub(crate) fn key_check(context: &str, key: &[u8; 32]) -> [u8; KEY_CHECK_LEN] {
+    let derived = Zeroizing::new(blake3::derive_key(context, key));
+    let mut out = [0u8; KEY_CHECK_LEN];
+    out.copy_from_slice(&derived[..KEY_CHECK_LEN]);
+    out
 }
 
 /// The deployment's token-hashing keys: the active key hashes new tokens; older keys still
@@ -475,6 +496,11 @@ impl TokenKeyring {
     /// Whether the ring holds keys besides the active one.
     pub fn has_older(&self) -> bool {
         !self.older.is_empty()
+    }
+
+    /// Every key of the ring: the active one first, then the older ones, newest first.
+    pub fn keys(&self) -> impl Iterator<Item = &TokenKey> {
+        std::iter::once(&self.active).chain(&self.older)
     }
 }
 
@@ -537,6 +563,43 @@ mod tests {
         assert_eq!(base62_fixed(&[0xff; 32], 43).len(), 43);
         assert_eq!(base62_fixed(&[0, 61], 2), "0z");
         assert_eq!(base62_fixed(&[0, 62], 2), "10");
+    }
+
+    #[test]
+    fn key_checks_tell_keys_apart_and_are_no_token_hash() {
+        let a = TokenKey::from_bytes("k1", [7; 32]).unwrap();
+        let same = TokenKey::from_bytes("other-id", [7; 32]).unwrap();
+        let b = TokenKey::from_bytes("k1", [8; 32]).unwrap();
+        assert_eq!(
+            a.key_check(),
+            same.key_check(),
+            "the check depends on the key only"
+        );
+        assert_ne!(a.key_check(), b.key_check());
+        // Not the keyed hash of the context string (what a foreign token with that text
+        // would be stored under), and not the key's bytes.
+        let ring = TokenKeyring::new(a.clone());
+        assert_ne!(
+            &ring.hash(TOKEN_KEY_CHECK_CONTEXT).as_bytes()[..KEY_CHECK_LEN],
+            &a.key_check()
+        );
+        assert_ne!(&a.bytes()[..KEY_CHECK_LEN], &a.key_check());
+        // Fixed across releases: a database records it once.
+        assert_eq!(
+            a.key_check(),
+            blake3::derive_key(TOKEN_KEY_CHECK_CONTEXT, &[7; 32])[..KEY_CHECK_LEN]
+        );
+        let ring = TokenKeyring::with_older(
+            TokenKey::from_bytes("k3", [3; 32]).unwrap(),
+            vec![b, TokenKey::from_bytes("k0", [0; 32]).unwrap()],
+        )
+        .unwrap();
+        let ids: Vec<&str> = ring.keys().map(TokenKey::id).collect();
+        assert_eq!(
+            ids,
+            ["k3", "k1", "k0"],
+            "active first, then older, newest first"
+        );
     }
 
     #[test]

@@ -99,15 +99,15 @@ use async_trait::async_trait;
 use authstore_core::backend::{
     AccountStore, AuditStore, AuthorizationSessionStore, CleanupOptions, CleanupReport,
     ClientStore, CodeConsumption, ConsentStore, GrantStore, IdentityStore, KindStats, Maintenance,
-    PatStore, RevokeOutcome, Rotation, RotationMode, Stats, TokenIssue,
+    PatStore, RevokeOutcome, Rotation, RotationMode, Stats, TokenIssue, same_key_checks,
 };
 use authstore_core::identity::{SEALED_COLUMNS, SealedRef, subject_of};
 use authstore_core::{
     AccessToken, AuditEvent, AuditQuery, AuthorizationCode, AuthorizationSession, Backend,
     Ceremony, Client, ClientId, Consent, Error, FailureCounts, Grant, GrantId, Group, GroupId,
-    LinkedAccount, LinkedAccountId, LoginSession, LoginSessionId, OneTimePurpose, OneTimeToken,
-    Passkey, PasswordHash, PatId, PersonalAccessToken, RefreshTokenState, Result, Scopes, Sealed,
-    Subject, Timestamp, TokenHash, TotpRecord, User, UserId,
+    KeyCheck, LinkedAccount, LinkedAccountId, LoginSession, LoginSessionId, OneTimePurpose,
+    OneTimeToken, Passkey, PasswordHash, PatId, PersonalAccessToken, RefreshTokenState, Result,
+    Scopes, Sealed, Subject, Timestamp, TokenHash, TotpRecord, User, UserId,
 };
 
 use crate::state::{ClientRow, LoginFailure, State, linked_key, user_key};
@@ -1997,6 +1997,33 @@ impl AuditStore for MemoryStore {
 impl Maintenance for MemoryStore {
     async fn migrate(&self) -> Result<Vec<i64>> {
         Ok(Vec::new())
+    }
+
+    async fn key_checks(&self) -> Result<Vec<KeyCheck>> {
+        Ok(self.read().key_checks.values().cloned().collect())
+    }
+
+    async fn add_key_checks(&self, seen: &[KeyCheck], new: &[KeyCheck]) -> Result<bool> {
+        let mut st = self.write();
+        let stored: Vec<KeyCheck> = st.key_checks.values().cloned().collect();
+        if !same_key_checks(&stored, seen) {
+            return Ok(false);
+        }
+        // Everything checked before the first insert: a conflict writes nothing.
+        let mut ids = std::collections::HashSet::new();
+        for c in new {
+            let key = (c.ring.as_str(), c.key_id.clone());
+            if st.key_checks.contains_key(&key) || !ids.insert(key) {
+                return Err(Error::Conflict {
+                    what: "key check".into(),
+                });
+            }
+        }
+        for c in new {
+            st.key_checks
+                .insert((c.ring.as_str(), c.key_id.clone()), c.clone());
+        }
+        Ok(true)
     }
 
     async fn cleanup(&self, options: &CleanupOptions, now: Timestamp) -> Result<CleanupReport> {

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
+use authstore_core::KeyCheck;
 use authstore_core::model::AuditEventId;
 use authstore_core::{
     AccessToken, AuditEvent, AuthorizationCode, AuthorizationSession, Ceremony, Client, ClientId,
@@ -112,6 +113,8 @@ pub(crate) struct State {
     /// (provider, provider subject) -> the linked account's id.
     pub(crate) linked_by_key: HashMap<(String, String), LinkedAccountId>,
     pub(crate) linked_by_user: HashMap<UserId, BTreeSet<LinkedAccountId>>,
+    /// Key checks by (ring name, key id): the order `key_checks` answers in.
+    pub(crate) key_checks: BTreeMap<(&'static str, String), KeyCheck>,
 }
 
 /// The bytes a user id is keyed (and its TOTP secret sealed) by.

@@ -221,6 +221,7 @@ fn table_what(table: Option<&str>) -> &'static str {
         "consents" => "consent",
         "audit_events" => "audit event",
         "schema_migrations" => "migration",
+        "key_checks" => "key check",
         "users" => "user",
         "groups" => "group",
         "group_members" => "group member",

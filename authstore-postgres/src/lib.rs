@@ -43,6 +43,12 @@
 //! opened here; reseal walks them in id order and replaces each with a compare-and-set on
 //! the old bytes, through fixed statements per column.
 //!
+//! **Key checks** (schema version 4). One row per key ever used with the database (ring,
+//! id, 16-byte check; see `Authstore::verify_keys`), only ever inserted. Recording is a
+//! compare-and-set on the whole set: the transaction takes `LOCK TABLE key_checks IN SHARE
+//! ROW EXCLUSIVE MODE` (recorders queue, readers do not), re-reads, and inserts only if
+//! nothing changed since the caller's read.
+//!
 //! **Atomicity without serialization failures.** Everything runs at READ COMMITTED. The
 //! compare-and-sets are single conditional `UPDATE … RETURNING` statements: consuming a code
 //! is `UPDATE … WHERE consumed_at IS NULL AND expires_at > now AND <grant unrevoked> AND

@@ -5,13 +5,16 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use authstore_core::backend::{CleanupOptions, CleanupReport, KindStats, Maintenance, Stats};
-use authstore_core::{Error, Result, Timestamp};
+use authstore_core::backend::{
+    CleanupOptions, CleanupReport, KindStats, Maintenance, Stats, same_key_checks,
+};
+use authstore_core::{Error, KeyCheck, Result, Timestamp};
 use deadpool_postgres::{GenericClient, Object};
 use tokio_postgres::IsolationLevel;
 use uuid::Uuid;
 
-use crate::db::{Db, Ts, ts};
+use crate::db::{Db, Ts, no_nul, ts};
+use crate::stores::{all, exec};
 use crate::{PostgresStore, SCHEMA_VERSION, migrate};
 
 /// The most rows one cleanup batch may delete.
@@ -636,4 +639,59 @@ impl Maintenance for PostgresStore {
     async fn stats(&self, now: Timestamp) -> Result<Stats> {
         self.stats_impl(now).await
     }
+
+    async fn key_checks(&self) -> Result<Vec<KeyCheck>> {
+        let conn = self.inner.conn().await?;
+        stored_key_checks(&conn).await
+    }
+
+    async fn add_key_checks(&self, seen: &[KeyCheck], new: &[KeyCheck]) -> Result<bool> {
+        for c in new {
+            no_nul("key id", &c.key_id)?;
+        }
+        let mut conn = self.inner.conn().await?;
+        let tx = conn.transaction().await.db()?;
+        // Writers queue here (the mode conflicts with itself and with every insert), readers
+        // do not; at READ COMMITTED the next statement then sees every check committed
+        // before the lock was granted.
+        tx.batch_execute("LOCK TABLE key_checks IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .db()?;
+        if !same_key_checks(&stored_key_checks(&tx).await?, seen) {
+            // Dropping the transaction rolls it back and releases the lock.
+            return Ok(false);
+        }
+        for c in new {
+            // A (ring, key id) stored already is a unique violation (`Conflict`): the
+            // transaction is dropped uncommitted and nothing is written.
+            exec(
+                &tx,
+                "INSERT INTO key_checks (ring, key_id, key_check, recorded_at)
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &c.ring.as_str(),
+                    &c.key_id,
+                    &c.check.as_slice(),
+                    &ts(c.recorded_at),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await.db()?;
+        Ok(true)
+    }
+}
+
+/// Every stored key check, by ring name then key id (the columns collate as `"C"`: byte
+/// order, whatever the database's locale).
+async fn stored_key_checks<C: GenericClient>(c: &C) -> Result<Vec<KeyCheck>> {
+    all(
+        c,
+        "SELECT ring, key_id, key_check, recorded_at FROM key_checks ORDER BY ring, key_id",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(crate::rows::key_check)
+    .collect()
 }

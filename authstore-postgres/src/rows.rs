@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use authstore_core::backend::KEY_CHECK_LEN;
 use authstore_core::{
     AccessToken, AuditEvent, AuditEventId, AuditKind, AuthContext, AuthorizationCode,
     AuthorizationSession, Ceremony, CeremonyKind, Client, ClientId, ClientType, Consent, Error,
@@ -15,6 +16,7 @@ use authstore_core::{
     PkceChallenge, PkceMethod, RedirectUri, RefreshToken, Result, Scopes, Sealed, SenderConstraint,
     Subject, Timestamp, TokenEndpointAuthMethod, TokenHash, TokenLifetimes, User, UserId,
 };
+use authstore_core::{KeyCheck, KeyRingKind};
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
@@ -166,6 +168,26 @@ pub(crate) fn opt_hash(row: &Row, i: usize) -> Result<Option<TokenHash>> {
     get::<Option<&[u8]>>(row, i)?
         .map(|b| TokenHash::from_slice(b).map_err(|e| bad(&col_name(row, i), e)))
         .transpose()
+}
+
+/// A key check from `ring, key_id, key_check, recorded_at` starting at column 0.
+pub(crate) fn key_check(row: &Row) -> Result<KeyCheck> {
+    let ring: &str = get(row, 0)?;
+    let ring = KeyRingKind::parse(ring)
+        .ok_or_else(|| bad(&col_name(row, 0), format!("unknown key ring {ring:?}")))?;
+    let check: &[u8] = get(row, 2)?;
+    let check = <[u8; KEY_CHECK_LEN]>::try_from(check).map_err(|_| {
+        bad(
+            &col_name(row, 2),
+            format!("a key check is {KEY_CHECK_LEN} bytes, got {}", check.len()),
+        )
+    })?;
+    Ok(KeyCheck {
+        ring,
+        key_id: get(row, 1)?,
+        check,
+        recorded_at: ts(row, 3)?,
+    })
 }
 
 pub(crate) fn ts(row: &Row, i: usize) -> Result<Timestamp> {

@@ -97,6 +97,7 @@ fn conflict_what(msg: Option<&str>) -> String {
         "ceremonies" => "ceremony",
         "linked_accounts" => "linked account",
         "schema_migrations" => "migration",
+        "key_checks" => "key check",
         _ => "record",
     }
     .to_owned()

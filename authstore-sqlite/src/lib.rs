@@ -59,7 +59,9 @@
 //! [`SqliteStore::open`] never migrates: it refuses a database whose schema is newer than
 //! this build ([`Error::SchemaTooNew`], checked on a read-only connection before anything is
 //! changed), and a store on an older schema answers [`Error::NotMigrated`] until
-//! [`migrate`](authstore_core::backend::Maintenance::migrate) runs.
+//! [`migrate`](authstore_core::backend::Maintenance::migrate) runs. Version 4 adds
+//! `key_checks`: one row per key ever used with the database (see `Authstore::verify_keys`),
+//! recorded by a compare-and-set in one `BEGIN IMMEDIATE` transaction.
 //!
 //! **Storage conventions.** Token hashes are 32-byte BLOBs (never the token), ids 16-byte
 //! BLOBs (UUID bytes, whose byte order is the id order), times INTEGER Unix microseconds,

@@ -5,8 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use authstore_core::backend::{CleanupOptions, CleanupReport, KindStats, Maintenance, Stats};
-use authstore_core::{Error, Result, Timestamp};
+use authstore_core::backend::{
+    CleanupOptions, CleanupReport, KindStats, Maintenance, Stats, same_key_checks,
+};
+use authstore_core::{Error, KeyCheck, Result, Timestamp};
 use rusqlite::{Connection, Transaction, params};
 
 use crate::db::R;
@@ -589,6 +591,46 @@ impl Maintenance for SqliteStore {
     async fn stats(&self, now: Timestamp) -> Result<Stats> {
         self.blocking(move |inner| stats(inner, now)).await
     }
+
+    async fn key_checks(&self) -> Result<Vec<KeyCheck>> {
+        // A handful of rows: a short inline read.
+        self.inner.read(stored_key_checks)
+    }
+
+    async fn add_key_checks(&self, seen: &[KeyCheck], new: &[KeyCheck]) -> Result<bool> {
+        self.inner
+            .write(|tx| {
+                // Under SQLite's write lock (BEGIN IMMEDIATE): nobody records in between.
+                if !same_key_checks(&stored_key_checks(tx)?, seen) {
+                    return Ok(false);
+                }
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO key_checks (ring, key_id, key_check, recorded_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for c in new {
+                    // A (ring, key id) stored already is a primary key conflict: the
+                    // transaction rolls back and nothing is written.
+                    insert.execute(params![
+                        c.ring.as_str(),
+                        c.key_id,
+                        c.check.as_slice(),
+                        c.recorded_at.as_unix_micros()
+                    ])?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+}
+
+/// Every stored key check, by ring name then key id (byte order: SQLite's `BINARY`).
+fn stored_key_checks(conn: &Connection) -> R<Vec<KeyCheck>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT ring, key_id, key_check, recorded_at FROM key_checks ORDER BY ring, key_id",
+    )?;
+    let rows = stmt.query_map([], crate::rows::key_check)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 #[cfg(test)]

@@ -26,10 +26,15 @@ static MIGRATIONS: &[Migration] = &[
         name: "accounts",
         sql: include_str!("../migrations/0003_accounts.sql"),
     },
+    Migration {
+        version: 4,
+        name: "key_checks",
+        sql: include_str!("../migrations/0004_key_checks.sql"),
+    },
 ];
 
 /// The schema version this build needs and migrates to: the newest embedded migration.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Every embedded migration, oldest first (for operators: `authstore migrate --list`).
 pub fn migrations() -> &'static [Migration] {

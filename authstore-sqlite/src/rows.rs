@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use authstore_core::backend::KEY_CHECK_LEN;
 use authstore_core::{
     AccessToken, AuditEvent, AuditEventId, AuditKind, AuthContext, AuthorizationCode,
     AuthorizationSession, Client, ClientId, ClientType, Consent, Error, Grant, GrantId, GrantType,
@@ -18,6 +19,7 @@ use authstore_core::{
     Ceremony, Group, GroupId, LinkedAccount, LinkedAccountId, LoginSession, LoginSessionId,
     OneTimeToken, Passkey, Sealed, TotpRecord, User, UserId,
 };
+use authstore_core::{KeyCheck, KeyRingKind};
 use rusqlite::Row;
 use rusqlite::types::ValueRef;
 
@@ -515,6 +517,26 @@ fn opt_sealed(row: &Row<'_>, i: usize) -> Sql<Option<Sealed>> {
         ValueRef::Null => Ok(None),
         _ => sealed(row, i).map(Some),
     }
+}
+
+/// A key check from `ring, key_id, key_check, recorded_at` starting at column 0.
+pub(crate) fn key_check(row: &Row<'_>) -> Sql<KeyCheck> {
+    let ring = text(row, 0)?;
+    let ring =
+        KeyRingKind::parse(ring).ok_or_else(|| bad(0, format!("unknown key ring {ring:?}")))?;
+    let check = row.get_ref(2)?.as_blob()?;
+    let check = <[u8; KEY_CHECK_LEN]>::try_from(check).map_err(|_| {
+        bad(
+            2,
+            format!("a key check is {KEY_CHECK_LEN} bytes, got {}", check.len()),
+        )
+    })?;
+    Ok(KeyCheck {
+        ring,
+        key_id: text(row, 1)?.to_owned(),
+        check,
+        recorded_at: ts(row, 3)?,
+    })
 }
 
 /// A login session from [`login_session_cols!`] starting at column 0.

@@ -2496,6 +2496,264 @@ pub async fn token_key_rotation(h: Harness) {
     ));
 }
 
+/// Key checks ([`Authstore::verify_keys`]): a database records the keys it is used with and
+/// refuses, changing nothing, a key ring that is not the one it was used with.
+pub async fn key_checks(h: Harness) {
+    use authstore_core::backend::KeyCheck;
+    use authstore_core::{KeyRingKind, SealingKey, SealingKeyring};
+
+    let clock = ManualClock::new(START);
+    let open = |token: TokenKeyring, seal: Option<SealingKeyring>| {
+        let s = Authstore::new(h.backend.clone(), token).with_clock(Arc::new(clock.clone()));
+        match seal {
+            Some(k) => s.with_sealing_keys(k),
+            None => s,
+        }
+    };
+    let check = |ring, id: &str, key: [u8; 16], at| KeyCheck {
+        ring,
+        key_id: id.to_owned(),
+        check: key,
+        recorded_at: at,
+    };
+    let (k1, k2) = (key("k1", 7), key("k2", 9));
+    let s1 = SealingKey::from_bytes("s1", [3; 32]).unwrap();
+
+    // A fresh database records both rings, ordered by ring name then id.
+    let first = open(
+        TokenKeyring::new(k1.clone()),
+        Some(SealingKeyring::new(s1.clone())),
+    );
+    let v = first.verify_keys().await.unwrap();
+    let t1 = check(KeyRingKind::Token, "k1", k1.key_check(), START);
+    let c1 = check(KeyRingKind::Sealing, "s1", s1.key_check(), START);
+    assert_eq!(v.recorded, [t1.clone(), c1.clone()]);
+    assert!(v.matched.is_empty());
+    assert_eq!(
+        h.backend.key_checks().await.unwrap(),
+        [c1.clone(), t1.clone()]
+    );
+    assert_eq!(first.key_checks().await.unwrap(), [c1.clone(), t1.clone()]);
+
+    // The same keys again, later: nothing new, the first-seen time kept.
+    clock.advance(SECOND * 60);
+    let v = first.verify_keys().await.unwrap();
+    assert!(v.recorded.is_empty());
+    assert_eq!(v.matched, [t1.clone(), c1.clone()]);
+    let unchanged = [c1.clone(), t1.clone()];
+
+    // Every refusal below leaves the recorded checks as they were.
+    let refused = |e: &Error| {
+        assert!(!e.is_temporary(), "{e:?}");
+        let shown = format!("{e} {e:?}");
+        for hex in [k1.to_hex(), k2.to_hex(), s1.to_hex()] {
+            assert!(!shown.contains(hex.as_str()), "no key material in {shown}");
+        }
+    };
+
+    // Another token key under a known id.
+    let e = open(TokenKeyring::new(key("k1", 8)), None)
+        .verify_keys()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::KeyMismatch { ring: KeyRingKind::Token, key_id } if key_id == "k1"),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), "AS0022");
+    assert!(
+        e.to_string().contains("\"k1\""),
+        "the message names the key: {e}"
+    );
+    refused(&e);
+    assert_eq!(h.backend.key_checks().await.unwrap(), unchanged);
+
+    // ... also when the wrong key is an older one next to a new active key.
+    let e = open(
+        TokenKeyring::with_older(k2.clone(), vec![key("k1", 8)]).unwrap(),
+        None,
+    )
+    .verify_keys()
+    .await
+    .unwrap_err();
+    assert!(matches!(e, Error::KeyMismatch { .. }), "{e:?}");
+    assert_eq!(h.backend.key_checks().await.unwrap(), unchanged);
+
+    // Only ids the database never saw: none of these keys was ever used with it.
+    let e = open(TokenKeyring::new(k2.clone()), None)
+        .verify_keys()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::KeysUnknown { ring: KeyRingKind::Token, configured, known }
+            if configured == &["k2"] && known == &["k1"]),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), "AS0023");
+    refused(&e);
+    assert_eq!(h.backend.key_checks().await.unwrap(), unchanged);
+
+    // The sealing ring is checked like the token ring, once the token ring passed.
+    let e = open(TokenKeyring::new(k1.clone()), Some(sealing("s1", 4)))
+        .verify_keys()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::KeyMismatch { ring: KeyRingKind::Sealing, key_id } if key_id == "s1"),
+        "{e:?}"
+    );
+    refused(&e);
+    let e = open(TokenKeyring::new(k1.clone()), Some(sealing("s2", 3)))
+        .verify_keys()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::KeysUnknown {
+                ring: KeyRingKind::Sealing,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // Wrong token ring and right sealing ring: refused, and the sealing key is not recorded
+    // on the way.
+    assert!(
+        open(TokenKeyring::new(k2.clone()), Some(sealing("s9", 1)))
+            .verify_keys()
+            .await
+            .is_err()
+    );
+    assert_eq!(h.backend.key_checks().await.unwrap(), unchanged);
+
+    // A store without a sealing ring does not look at the sealing checks.
+    let v = open(TokenKeyring::new(k1.clone()), None)
+        .verify_keys()
+        .await
+        .unwrap();
+    assert_eq!((v.matched, v.recorded.len()), (vec![t1.clone()], 0));
+
+    // Rotation: a new active key next to the old one is recorded...
+    clock.advance(SECOND);
+    let rotated = open(
+        TokenKeyring::with_older(k2.clone(), vec![k1.clone()]).unwrap(),
+        Some(SealingKeyring::new(s1.clone())),
+    );
+    let v = rotated.verify_keys().await.unwrap();
+    let t2 = check(
+        KeyRingKind::Token,
+        "k2",
+        k2.key_check(),
+        START.saturating_add(SECOND * 61),
+    );
+    assert_eq!(v.recorded, std::slice::from_ref(&t2));
+    assert_eq!(v.matched, [t1.clone(), c1.clone()]);
+    let after_rotation = [c1.clone(), t1.clone(), t2.clone()];
+    assert_eq!(h.backend.key_checks().await.unwrap(), after_rotation);
+    // ... after which the new key alone is fine, and so is a node not rotated yet.
+    for ring in [TokenKeyring::new(k2.clone()), TokenKeyring::new(k1.clone())] {
+        let v = open(ring, None).verify_keys().await.unwrap();
+        assert!(v.recorded.is_empty());
+        assert_eq!(v.matched.len(), 1);
+    }
+    // An id, once recorded, names its key for good.
+    assert!(matches!(
+        open(TokenKeyring::new(key("k2", 1)), None)
+            .verify_keys()
+            .await,
+        Err(Error::KeyMismatch { .. })
+    ));
+    assert_eq!(h.backend.key_checks().await.unwrap(), after_rotation);
+
+    // The backend's compare-and-set: a stale view writes nothing; a (ring, id) stored
+    // already, or twice in one call, is a conflict that writes nothing either.
+    let x = check(KeyRingKind::Token, "x", [1; 16], START);
+    assert!(
+        !h.backend
+            .add_key_checks(&unchanged, std::slice::from_ref(&x))
+            .await
+            .unwrap()
+    );
+    for new in [
+        vec![x.clone(), check(KeyRingKind::Token, "k1", [2; 16], START)],
+        vec![x.clone(), x.clone()],
+    ] {
+        assert!(
+            matches!(
+                h.backend.add_key_checks(&after_rotation, &new).await,
+                Err(Error::Conflict { .. })
+            ),
+            "{new:?}"
+        );
+    }
+    assert_eq!(h.backend.key_checks().await.unwrap(), after_rotation);
+
+    // Eight nodes rotating to the same new key at once: recorded once, all succeed.
+    let k3 = key("k3", 11);
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = open(
+            TokenKeyring::with_older(k3.clone(), vec![k2.clone()]).unwrap(),
+            None,
+        );
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            s.verify_keys().await
+        }));
+    }
+    let mut recorded = 0;
+    for t in tasks {
+        recorded += t.await.unwrap().unwrap().recorded.len();
+    }
+    assert_eq!(recorded, 1, "exactly one node recorded the new key");
+    // Two nodes bringing different keys under one new id at once: exactly one wins.
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let mut tasks = Vec::new();
+    for byte in [12, 13] {
+        let s = open(
+            TokenKeyring::with_older(key("k4", byte), vec![k3.clone()]).unwrap(),
+            None,
+        );
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            s.verify_keys().await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(Error::KeyMismatch { key_id, .. }) if key_id == "k4")),
+        "{outcomes:?}"
+    );
+    let ids: Vec<String> = h
+        .backend
+        .key_checks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| format!("{}/{}", c.ring, c.key_id))
+        .collect();
+    assert_eq!(
+        ids,
+        ["sealing/s1", "token/k1", "token/k2", "token/k3", "token/k4"]
+    );
+    // Recording keys is not an audited change.
+    assert!(audit_kinds(&first).await.is_empty());
+}
+
 /// Tokens minted elsewhere can be stored, validated and revoked when enabled.
 pub async fn foreign_tokens(h: Harness) {
     let (strict, _) = store(&h);

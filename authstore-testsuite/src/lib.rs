@@ -112,6 +112,7 @@ macro_rules! conformance_tests {
             bad_input_changes_nothing,
             secrets_never_shown,
             token_key_rotation,
+            key_checks,
             foreign_tokens,
             no_secret_in_logs,
             users,
