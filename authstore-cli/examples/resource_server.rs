@@ -53,6 +53,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let text = keys::read_key_file(std::path::Path::new(&key_file), Ring::Token)?;
     let keyring = keys::parse_token_keys(&text, &key_file)?;
     let store = Authstore::new(authstore::open(&url).await?, keyring);
+    // Refuses a key file other than the one the database was used with.
+    store.verify_keys().await?;
 
     let app = Router::new()
         .route(

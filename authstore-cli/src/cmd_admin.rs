@@ -1,18 +1,21 @@
 //! Maintenance and operator commands: `migrate`, `cleanup`, `stats`, `token …`, `keys …`,
 //! `audit …`.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::str::FromStr;
+use std::time::Duration;
 
 use authstore_core::backend::{CleanupOptions, CleanupReport, RevokeOutcome};
 use authstore_core::{
-    AuditKind, AuditQuery, Authstore, ClientId, Error, Subject, Timestamp, TokenKind,
+    AuditEvent, AuditEventId, AuditKind, AuditQuery, Authstore, ClientId, Error, Subject,
+    Timestamp, TokenKind,
 };
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use crate::context::Settings;
+use crate::context::{Access, Settings};
 use crate::duration::parse_duration;
 use crate::error::{CliError, CliResult};
 use crate::output;
@@ -96,7 +99,8 @@ pub(crate) struct GenerateArgs {
 /// `audit …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// List audit events, oldest first
+    /// List audit events: the newest N (default 100), printed oldest first; with --after,
+    /// the N that follow an event
     List(AuditListArgs),
 }
 
@@ -110,6 +114,13 @@ pub(crate) struct AuditListArgs {
     /// ago (1h, 7d)
     #[arg(long, value_name = "TIME-OR-DURATION")]
     since: Option<String>,
+    /// Only events before this time (not at it): RFC 3339 or a duration ago
+    #[arg(long, value_name = "TIME-OR-DURATION")]
+    until: Option<String>,
+    /// Only events after this one (an event id from an earlier list), the oldest first: to
+    /// read on from where a list ended
+    #[arg(long, value_name = "EVENT-ID")]
+    after: Option<String>,
     /// Only events about this client
     #[arg(long, value_name = "CLIENT-ID")]
     client: Option<String>,
@@ -119,15 +130,16 @@ pub(crate) struct AuditListArgs {
     /// At most this many events (1 to 1000, default 100)
     #[arg(long, value_name = "N")]
     limit: Option<String>,
-    /// Print JSON
+    /// Print JSON (an array, in id order)
     #[arg(long)]
     json: bool,
 }
 
 /// `authstore migrate`.
 pub(crate) async fn migrate(settings: &Settings, a: MigrateArgs) -> CliResult<()> {
-    let store = settings.open(false).await?;
+    let store = settings.open(Access::Migrate).await?;
     let applied = store.migrate().await?;
+    crate::context::verify_keys(&store).await?;
     if a.json {
         return output::json(&json!({ "applied": applied }));
     }
@@ -158,7 +170,7 @@ pub(crate) async fn cleanup(settings: &Settings, a: CleanupArgs) -> CliResult<()
     if let Some(r) = &a.retention {
         options.retention = parse_duration("--retention", r)?;
     }
-    let store = settings.open(true).await?;
+    let store = settings.open(Access::Existing).await?;
     let report = if a.dry_run {
         store.cleanup_preview(&options).await?
     } else {
@@ -189,7 +201,7 @@ pub(crate) async fn cleanup(settings: &Settings, a: CleanupArgs) -> CliResult<()
 
 /// `authstore stats`.
 pub(crate) async fn stats(settings: &Settings, a: StatsArgs) -> CliResult<()> {
-    let store = settings.open(true).await?;
+    let store = settings.open(Access::Existing).await?;
     let s = store.stats().await?;
     let v = serde_json::to_value(s)
         .map_err(|e| CliError::input(format!("cannot encode the statistics: {e}")))?;
@@ -254,7 +266,7 @@ pub(crate) async fn token(settings: &Settings, cmd: TokenCommand) -> CliResult<(
     match cmd {
         TokenCommand::Introspect(a) => {
             let token = read_token(&a)?;
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let refresh = is_refresh(&store, &token);
             let mut m = Map::new();
             let result = if refresh {
@@ -311,7 +323,7 @@ pub(crate) async fn token(settings: &Settings, cmd: TokenCommand) -> CliResult<(
         }
         TokenCommand::Revoke(a) => {
             let token = read_token(&a)?;
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let refresh = is_refresh(&store, &token);
             match store.revoke_token(&token, None, None).await? {
                 RevokeOutcome::Revoked { grant_id } => {
@@ -356,22 +368,186 @@ pub(crate) fn keys(cmd: KeysCommand) -> CliResult<()> {
     }
 }
 
-/// `--since`: an RFC 3339 time, or a duration before now.
-enum Since {
+/// `--since` / `--until`: an RFC 3339 time, or a duration before now.
+enum TimeArg {
     At(Timestamp),
-    Ago(std::time::Duration),
+    Ago(Duration),
 }
 
-fn parse_since(s: &str) -> CliResult<Since> {
-    if let Ok(t) = Timestamp::parse_rfc3339(s.trim()) {
-        return Ok(Since::At(t));
+impl TimeArg {
+    fn at(&self, now: Timestamp) -> Timestamp {
+        match self {
+            TimeArg::At(t) => *t,
+            TimeArg::Ago(d) => now.saturating_sub(*d),
+        }
     }
-    parse_duration("--since", s).map(Since::Ago).map_err(|_| {
+}
+
+fn parse_time(flag: &str, s: &str) -> CliResult<TimeArg> {
+    if let Ok(t) = Timestamp::parse_rfc3339(s.trim()) {
+        return Ok(TimeArg::At(t));
+    }
+    parse_duration(flag, s).map(TimeArg::Ago).map_err(|_| {
         CliError::input(format!(
-            "--since {s:?}: expected an RFC 3339 time (2026-11-22T10:00:00Z) or a duration \
+            "{flag} {s:?}: expected an RFC 3339 time (2026-11-22T10:00:00Z) or a duration \
              ago (90s, 15m, 1h, 7d)"
         ))
     })
+}
+
+/// The most events one query returns.
+const AUDIT_PAGE: usize = 1000;
+
+/// One query: `q` with `since` raised to `from` (if later) and at most `limit` events.
+async fn audit_page(
+    store: &Authstore,
+    q: &AuditQuery,
+    from: Option<Timestamp>,
+    after: Option<AuditEventId>,
+    limit: usize,
+) -> CliResult<Vec<AuditEvent>> {
+    let mut p = q.clone();
+    p.since = match (q.since, from) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    if after.is_some() {
+        p.after = after;
+    }
+    p.limit = Some(u32::try_from(limit).unwrap_or(u32::MAX));
+    Ok(store.audit_events(&p).await?)
+}
+
+/// The last `n` of `v`.
+fn last_n(mut v: Vec<AuditEvent>, n: usize) -> Vec<AuditEvent> {
+    let cut = v.len().saturating_sub(n);
+    v.drain(..cut);
+    v
+}
+
+/// The `n` events (1 to 1000) that follow `q.after`, in id order, and whether more follow.
+async fn audit_after(
+    store: &Authstore,
+    q: &AuditQuery,
+    n: usize,
+) -> CliResult<(Vec<AuditEvent>, bool)> {
+    let events = audit_page(store, q, None, None, n).await?;
+    let more = match events.last() {
+        Some(last) if events.len() == n => !audit_page(store, q, None, Some(last.id), 1)
+            .await?
+            .is_empty(),
+        _ => false,
+    };
+    Ok((events, more))
+}
+
+/// The newest `n` events (1 to 1000) `q` matches, in id order, and whether older ones
+/// match too.
+///
+/// The store lists events oldest first, so this looks back from the newest end: it counts
+/// (up to a page) the events at or after a time that doubles its distance from now (1 s,
+/// 2 s, 4 s, …) until at least `n` are found, then halves between the last two times. Each
+/// query reads at most one page; the number of queries grows with the logarithm of the
+/// time the log spans, not with its size.
+async fn audit_newest(
+    store: &Authstore,
+    q: &AuditQuery,
+    n: usize,
+) -> CliResult<(Vec<AuditEvent>, bool)> {
+    let all = audit_page(store, q, None, None, AUDIT_PAGE).await?;
+    let Some(oldest) = all.first().map(|e| e.at) else {
+        return Ok((all, false));
+    };
+    let every_one = all.len() < AUDIT_PAGE
+        || match all.last() {
+            Some(last) => audit_page(store, q, None, Some(last.id), 1)
+                .await?
+                .is_empty(),
+            None => true,
+        };
+    if every_one {
+        let more = all.len() > n;
+        return Ok((last_n(all, n), more));
+    }
+    // More than a page matches, so older events than the `n` shown exist. Invariants:
+    // at least `n` events are at or after `lo`, fewer than `n` at or after `hi`.
+    let top = q.until.unwrap_or_else(|| store.now());
+    let mut hi = Timestamp::from_unix_micros(i64::MAX);
+    let mut back = Duration::ZERO;
+    let mut lo = loop {
+        let t = top.saturating_sub(back);
+        if t <= oldest {
+            break oldest;
+        }
+        let got = audit_page(store, q, Some(t), None, AUDIT_PAGE).await?;
+        if got.len() >= n {
+            if got.len() < AUDIT_PAGE {
+                return Ok((last_n(got, n), true));
+            }
+            break t;
+        }
+        hi = t;
+        back = if back.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            back.saturating_mul(2)
+        };
+    };
+    while i128::from(hi.as_unix_micros()) - i128::from(lo.as_unix_micros()) > 1 {
+        let mid = (i128::from(lo.as_unix_micros()) + i128::from(hi.as_unix_micros())) / 2;
+        let mid = Timestamp::from_unix_micros(i64::try_from(mid).unwrap_or(i64::MAX));
+        let got = audit_page(store, q, Some(mid), None, AUDIT_PAGE).await?;
+        if got.len() >= n {
+            if got.len() < AUDIT_PAGE {
+                return Ok((last_n(got, n), true));
+            }
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    // At least `n` events are at or after `lo`, and fewer than `n` after it: all but a
+    // few share the instant `lo`. Read them on, keeping the last `n`.
+    let mut kept: VecDeque<AuditEvent> = VecDeque::with_capacity(n + 1);
+    let mut cursor = None;
+    loop {
+        let page = audit_page(store, q, Some(lo), cursor, AUDIT_PAGE).await?;
+        let full = page.len() == AUDIT_PAGE;
+        cursor = page.last().map(|e| e.id);
+        for e in page {
+            kept.push_back(e);
+            if kept.len() > n {
+                kept.pop_front();
+            }
+        }
+        if !full {
+            return Ok((kept.into(), true));
+        }
+    }
+}
+
+/// One event as a line for people.
+fn event_line(e: &AuditEvent) -> String {
+    let mut l = format!("{} {} {}", e.at, e.id, e.kind);
+    if let Some(c) = e.client_id {
+        l.push_str(&format!(" client={c}"));
+    }
+    if let Some(s) = &e.subject {
+        l.push_str(&format!(" subject={}", s.as_str()));
+    }
+    if let Some(g) = e.grant_id {
+        l.push_str(&format!(" grant={g}"));
+    }
+    if let Some(a) = &e.actor {
+        l.push_str(&format!(" actor={a}"));
+    }
+    if let Some(ip) = e.ip {
+        l.push_str(&format!(" ip={ip}"));
+    }
+    if e.details.as_object().is_some_and(|m| !m.is_empty()) {
+        l.push_str(&format!(" {}", e.details));
+    }
+    l
 }
 
 /// `authstore audit …`.
@@ -387,20 +563,43 @@ pub(crate) async fn audit(settings: &Settings, cmd: AuditCommand) -> CliResult<(
     if let Some(s) = &a.subject {
         q.subject = Some(Subject::new(s.trim())?);
     }
+    if let Some(e) = &a.after {
+        q.after = Some(AuditEventId::from_str(e.trim())?);
+    }
     if let Some(l) = &a.limit {
         let n: u32 = l.trim().parse().map_err(|_| {
             CliError::input(format!("--limit {l:?}: expected a number from 1 to 1000"))
         })?;
         q.limit = Some(n);
     }
-    q.effective_limit()?;
-    let since = a.since.as_deref().map(parse_since).transpose()?;
-    let store = settings.open(true).await?;
-    q.since = since.map(|s| match s {
-        Since::At(t) => t,
-        Since::Ago(d) => store.now().saturating_sub(d),
-    });
-    let events = store.audit_events(&q).await?;
+    let n = usize::try_from(q.effective_limit()?).unwrap_or(AUDIT_PAGE);
+    q.limit = None;
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| parse_time("--since", s))
+        .transpose()?;
+    let until = a
+        .until
+        .as_deref()
+        .map(|s| parse_time("--until", s))
+        .transpose()?;
+    let store = settings.open(Access::Existing).await?;
+    let now = store.now();
+    q.since = since.map(|s| s.at(now));
+    q.until = until.map(|u| u.at(now));
+    if let (Some(s), Some(u)) = (q.since, q.until) {
+        if s > u {
+            return Err(CliError::input(format!(
+                "--since ({s}) is after --until ({u}): no event can match"
+            )));
+        }
+    }
+    let (events, more) = if q.after.is_some() {
+        audit_after(&store, &q, n).await?
+    } else {
+        audit_newest(&store, &q, n).await?
+    };
     if a.json {
         let v = serde_json::to_value(&events)
             .map_err(|e| CliError::input(format!("cannot encode the events: {e}")))?;
@@ -410,26 +609,129 @@ pub(crate) async fn audit(settings: &Settings, cmd: AuditCommand) -> CliResult<(
         return output::line("no audit events match");
     }
     for e in &events {
-        let mut l = format!("{} {}", e.at, e.kind);
-        if let Some(c) = e.client_id {
-            l.push_str(&format!(" client={c}"));
-        }
-        if let Some(s) = &e.subject {
-            l.push_str(&format!(" subject={}", s.as_str()));
-        }
-        if let Some(g) = e.grant_id {
-            l.push_str(&format!(" grant={g}"));
-        }
-        if let Some(a) = &e.actor {
-            l.push_str(&format!(" actor={a}"));
-        }
-        if let Some(ip) = e.ip {
-            l.push_str(&format!(" ip={ip}"));
-        }
-        if e.details.as_object().is_some_and(|m| !m.is_empty()) {
-            l.push_str(&format!(" {}", e.details));
-        }
-        output::line(l)?;
+        output::line(event_line(e))?;
+    }
+    if more {
+        let note = match (q.after.is_some(), events.first(), events.last()) {
+            (true, _, Some(last)) => format!(
+                "note: more events follow (--limit {n}): run again with --after {}",
+                last.id
+            ),
+            (false, Some(first), _) => format!(
+                "note: older events match too (only the newest {n} are shown): raise --limit \
+                 (at most 1000), narrow with --kind or --since, or list the older ones with \
+                 --until {} (the first event above is listed again)",
+                first.at.saturating_add(Duration::from_micros(1))
+            ),
+            _ => String::new(),
+        };
+        eprintln!("{note}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use authstore_core::{ManualClock, NewClient, TokenKey, TokenKeyring};
+
+    use super::*;
+
+    /// Every event `q` matches, by paging with the cursor: what the clever search must
+    /// agree with.
+    async fn brute_force(store: &Authstore, q: &AuditQuery) -> Vec<AuditEvent> {
+        let mut all: Vec<AuditEvent> = Vec::new();
+        loop {
+            let page = audit_page(store, q, None, all.last().map(|e| e.id), AUDIT_PAGE)
+                .await
+                .unwrap();
+            let done = page.len() < AUDIT_PAGE;
+            all.extend(page);
+            if done {
+                return all;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn newest_events_match_a_full_scan() {
+        let start = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        let clock = ManualClock::new(start);
+        let store = Authstore::new(
+            Arc::new(authstore_memory::MemoryStore::new()),
+            TokenKeyring::new(TokenKey::generate("k").unwrap()),
+        )
+        .with_clock(Arc::new(clock.clone()));
+        let client = |name: &str| NewClient::confidential(name.to_owned());
+        // Events spread over months, then a burst of 1200 at one instant, then a few
+        // seconds apart, then a last one: every path of the search is taken by some `n`.
+        for i in 0..300u64 {
+            store.create_client(client("spread")).await.unwrap();
+            clock.advance(Duration::from_secs(3600 * (1 + i % 50)));
+        }
+        let burst_at = store.now();
+        for _ in 0..1200 {
+            store.create_client(client("burst")).await.unwrap();
+        }
+        for _ in 0..700 {
+            clock.advance(Duration::from_millis(1500));
+            let c = store.create_client(client("late")).await.unwrap();
+            store.disable_client(c.client.id).await.unwrap();
+        }
+        clock.advance(Duration::from_secs(86_400));
+        store.create_client(client("last")).await.unwrap();
+        clock.advance(Duration::from_secs(60));
+
+        let queries = [
+            AuditQuery::default(),
+            AuditQuery {
+                kind: Some(AuditKind::ClientCreated),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                kind: Some(AuditKind::ClientDisabled),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                until: Some(burst_at.saturating_add(Duration::from_secs(5))),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                since: Some(burst_at),
+                until: Some(store.now().saturating_sub(Duration::from_secs(3600))),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                until: Some(burst_at),
+                ..AuditQuery::default()
+            },
+        ];
+        for q in &queries {
+            let all = brute_force(&store, q).await;
+            for n in [1, 2, 50, 500, 999, 1000] {
+                let (got, more) = audit_newest(&store, q, n).await.unwrap();
+                let want = last_n(all.clone(), n);
+                let ids = |v: &[AuditEvent]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+                assert_eq!(ids(&got), ids(&want), "{q:?} n={n}");
+                assert_eq!(more, all.len() > n, "{q:?} n={n}");
+            }
+        }
+        // Reading on with the cursor: the next `n` after an event, and whether more follow.
+        let all = brute_force(&store, &AuditQuery::default()).await;
+        let q = AuditQuery {
+            after: Some(all[10].id),
+            ..AuditQuery::default()
+        };
+        let (got, more) = audit_after(&store, &q, 5).await.unwrap();
+        assert_eq!(got, all[11..16].to_vec());
+        assert!(more);
+        let q = AuditQuery {
+            after: Some(all[all.len() - 4].id),
+            ..AuditQuery::default()
+        };
+        let (got, more) = audit_after(&store, &q, 3).await.unwrap();
+        assert_eq!(got, all[all.len() - 3..].to_vec());
+        assert!(!more, "exactly the last three");
+    }
 }

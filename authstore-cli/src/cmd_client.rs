@@ -5,12 +5,12 @@ use std::str::FromStr;
 
 use authstore_core::{
     Authstore, Client, ClientId, ClientType, ClientUpdate, GrantType, NewClient, RedirectUri,
-    Scopes, TokenEndpointAuthMethod,
+    Scopes, Timestamp, TokenEndpointAuthMethod,
 };
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::context::Settings;
+use crate::context::{Access, Settings};
 use crate::error::{CliError, CliResult};
 use crate::output;
 
@@ -140,6 +140,45 @@ fn auth_method(s: &Option<String>) -> CliResult<Option<TokenEndpointAuthMethod>>
         .transpose()?)
 }
 
+/// Checks a new client as the store will, before the store is opened (or created): the
+/// client it would make (with the same defaults for grant types and authentication method)
+/// must hold every invariant of a stored client. The store checks again when it creates it.
+fn check_new_client(new: &NewClient) -> CliResult<()> {
+    let grant_types = if new.grant_types.is_empty() {
+        // The store's default (docs/CLI.md): authorization_code and refresh_token with a
+        // redirect URI, else client_credentials.
+        if new.redirect_uris.is_empty() {
+            BTreeSet::from([GrantType::ClientCredentials])
+        } else {
+            BTreeSet::from([GrantType::AuthorizationCode, GrantType::RefreshToken])
+        }
+    } else {
+        new.grant_types.clone()
+    };
+    let method =
+        new.token_endpoint_auth_method
+            .unwrap_or(if new.client_type == ClientType::Public {
+                TokenEndpointAuthMethod::None
+            } else {
+                TokenEndpointAuthMethod::ClientSecretBasic
+            });
+    let prospective = Client {
+        id: ClientId::from_uuid(uuid::Uuid::nil()),
+        name: new.name.clone(),
+        client_type: new.client_type,
+        redirect_uris: new.redirect_uris.clone(),
+        grant_types,
+        scopes: new.scopes.clone(),
+        token_endpoint_auth_method: method,
+        lifetimes: new.lifetimes,
+        metadata: new.metadata.clone(),
+        created_at: Timestamp::UNIX_EPOCH,
+        updated_at: Timestamp::UNIX_EPOCH,
+        disabled: false,
+    };
+    Ok(prospective.validate()?)
+}
+
 fn print_client(c: &Client, secret: Option<&str>, json: bool) -> CliResult<()> {
     if json {
         return output::json(&output::client_json(c, secret));
@@ -187,7 +226,8 @@ pub(crate) async fn run(settings: &Settings, cmd: ClientCommand) -> CliResult<()
                 new.scopes = Scopes::parse(s.trim())?;
             }
             new.token_endpoint_auth_method = auth_method(&a.auth_method)?;
-            let store = settings.open(true).await?;
+            check_new_client(&new)?;
+            let store = settings.open(Access::Create).await?;
             let created = store.create_client(new).await?;
             print_client(
                 &created.client,
@@ -196,7 +236,7 @@ pub(crate) async fn run(settings: &Settings, cmd: ClientCommand) -> CliResult<()
             )
         }
         ClientCommand::List(a) => {
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let clients = all_clients(&store).await?;
             if a.json {
                 return output::json(&Value::Array(
@@ -227,7 +267,7 @@ pub(crate) async fn run(settings: &Settings, cmd: ClientCommand) -> CliResult<()
         }
         ClientCommand::Show(a) => {
             let id = client_id(&a.id)?;
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let c = store.client(id).await?;
             print_client(&c, None, a.json)
         }
@@ -256,7 +296,7 @@ pub(crate) async fn run(settings: &Settings, cmd: ClientCommand) -> CliResult<()
                      --auth-method, --disable or --enable",
                 ));
             }
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let mut c = if changes {
                 store.update_client(id, update).await?
             } else {
@@ -271,13 +311,13 @@ pub(crate) async fn run(settings: &Settings, cmd: ClientCommand) -> CliResult<()
         }
         ClientCommand::Delete(a) => {
             let id = client_id(&a.id)?;
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             store.delete_client(id).await?;
             output::line(format!("deleted client {id}"))
         }
         ClientCommand::RotateSecret(a) => {
             let id = client_id(&a.id)?;
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let secret = store.rotate_client_secret(id).await?;
             let c = store.client(id).await?;
             print_client(&c, Some(secret.secret()), a.json)

@@ -1,14 +1,16 @@
 //! `authstore user …`: create and manage users.
 
-use std::io::Read;
+use std::io::{BufRead, IsTerminal, Write};
 use std::str::FromStr;
 
-use authstore_core::{Authstore, Error, NewUser, Password, PasswordHasher, User, UserId};
+use authstore_core::{
+    Authstore, Error, NewUser, Password, PasswordHasher, Timestamp, User, UserId,
+};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::context::Settings;
+use crate::context::{Access, Settings};
 use crate::error::{CliError, CliResult};
 use crate::output;
 
@@ -103,6 +105,41 @@ pub(crate) struct SetPasswordArgs {
     revoke_sessions: bool,
 }
 
+/// What `--password-stdin` prints on a terminal before it reads a line.
+const PROMPT: &str = "Password (it is shown as you type it; end it with Enter): ";
+
+/// Reads the password from `input`. From a terminal (`terminal`): prompts on `prompt` and
+/// reads one line. Otherwise reads to the end; one trailing newline is the end of the line,
+/// not part of the password.
+fn password_from(
+    input: &mut impl BufRead,
+    terminal: bool,
+    prompt: &mut impl Write,
+) -> CliResult<Password> {
+    let mut buf = Zeroizing::new(String::new());
+    let read_err = |e| CliError::io("cannot read the password from standard input", e);
+    if terminal {
+        prompt
+            .write_all(PROMPT.as_bytes())
+            .and_then(|()| prompt.flush())
+            .map_err(|e| CliError::io("cannot write the password prompt", e))?;
+        input.read_line(&mut buf).map_err(read_err)?;
+    } else {
+        input.read_to_string(&mut buf).map_err(read_err)?;
+    }
+    let end = buf
+        .strip_suffix("\r\n")
+        .or_else(|| buf.strip_suffix('\n'))
+        .unwrap_or(&buf);
+    if end.is_empty() {
+        return Err(CliError::input(
+            "no password on standard input (pipe it in, e.g. `printf '%s' \"$PW\" | \
+             authstore user create … --password-stdin`)",
+        ));
+    }
+    Ok(Password::new(end.to_owned()))
+}
+
 /// Reads the password as given, and checks it against the policy before anything changes.
 fn read_password(p: &PasswordArgs) -> CliResult<Password> {
     let pw = match (&p.password, p.password_stdin) {
@@ -114,26 +151,28 @@ fn read_password(p: &PasswordArgs) -> CliResult<Password> {
             Password::new(pw.clone())
         }
         (None, _) => {
-            let mut buf = Zeroizing::new(String::new());
-            std::io::stdin()
-                .read_to_string(&mut buf)
-                .map_err(|e| CliError::io("cannot read the password from standard input", e))?;
-            // One trailing newline is the end of the line, not part of the password.
-            let end = buf
-                .strip_suffix("\r\n")
-                .or_else(|| buf.strip_suffix('\n'))
-                .unwrap_or(&buf);
-            if end.is_empty() {
-                return Err(CliError::input(
-                    "no password on standard input (pipe it in, e.g. `printf '%s' \"$PW\" | \
-                     authstore user create … --password-stdin`)",
-                ));
-            }
-            Password::new(end.to_owned())
+            let stdin = std::io::stdin();
+            let terminal = stdin.is_terminal();
+            password_from(&mut stdin.lock(), terminal, &mut std::io::stderr())?
         }
     };
     PasswordHasher::check_policy(&pw)?;
     Ok(pw)
+}
+
+/// Checks a new user as the store will, before the store is opened (or created).
+fn check_new_user(new: &NewUser) -> CliResult<()> {
+    let prospective = User {
+        id: UserId::from_uuid(uuid::Uuid::nil()),
+        username: new.username.clone(),
+        email: new.email.clone(),
+        email_verified: false,
+        active: true,
+        metadata: serde_json::Value::Object(serde_json::Map::new()),
+        created_at: Timestamp::UNIX_EPOCH,
+        updated_at: Timestamp::UNIX_EPOCH,
+    };
+    Ok(prospective.validate()?)
 }
 
 /// The user named by id (a UUID), username or email.
@@ -166,12 +205,13 @@ fn print_user(u: &User, json: bool) -> CliResult<()> {
 pub(crate) async fn run(settings: &Settings, cmd: UserCommand) -> CliResult<()> {
     match cmd {
         UserCommand::Create(a) => {
-            let pw = read_password(&a.password)?;
             let mut new = NewUser::new(a.username.trim());
             if let Some(e) = &a.email {
                 new = new.email(e.trim());
             }
-            let store = settings.open(true).await?;
+            check_new_user(&new)?;
+            let pw = read_password(&a.password)?;
+            let store = settings.open(Access::Create).await?;
             let user = store.create_user(new).await?;
             if let Err(e) = store.set_password(user.id, &pw, false).await {
                 // Leave nothing half-made behind: a user without the password asked for.
@@ -181,7 +221,7 @@ pub(crate) async fn run(settings: &Settings, cmd: UserCommand) -> CliResult<()> 
             print_user(&user, a.json)
         }
         UserCommand::List(a) => {
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let mut users: Vec<User> = Vec::new();
             loop {
                 let page = store
@@ -214,13 +254,13 @@ pub(crate) async fn run(settings: &Settings, cmd: UserCommand) -> CliResult<()> 
             Ok(())
         }
         UserCommand::Show(a) => {
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let u = find_user(&store, &a.who).await?;
             print_user(&u, a.json)
         }
         UserCommand::SetPassword(a) => {
             let pw = read_password(&a.password)?;
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let u = find_user(&store, &a.who).await?;
             store.set_password(u.id, &pw, a.revoke_sessions).await?;
             if a.revoke_sessions {
@@ -235,7 +275,7 @@ pub(crate) async fn run(settings: &Settings, cmd: UserCommand) -> CliResult<()> 
             }
         }
         UserCommand::Disable(a) => {
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let u = find_user(&store, &a.who).await?;
             let u = store.disable_user(u.id).await?;
             output::line(format!(
@@ -244,16 +284,41 @@ pub(crate) async fn run(settings: &Settings, cmd: UserCommand) -> CliResult<()> 
             ))
         }
         UserCommand::Enable(a) => {
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let u = find_user(&store, &a.who).await?;
             let u = store.enable_user(u.id).await?;
             output::line(format!("enabled user {} ({})", u.username, u.id))
         }
         UserCommand::Delete(a) => {
-            let store = settings.open(true).await?;
+            let store = settings.open(Access::Existing).await?;
             let u = find_user(&store, &a.who).await?;
             store.delete_user(u.id).await?;
             output::line(format!("deleted user {} ({})", u.username, u.id))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_gets_a_prompt_and_one_line_is_read() {
+        let mut prompt = Vec::new();
+        let mut input = std::io::Cursor::new("correct horse\nnot read\n");
+        let pw = password_from(&mut input, true, &mut prompt).unwrap();
+        assert_eq!(pw.secret(), "correct horse");
+        assert_eq!(String::from_utf8(prompt).unwrap(), PROMPT);
+        // From a pipe: no prompt, everything up to the end (one trailing newline dropped).
+        let mut prompt = Vec::new();
+        let mut input = std::io::Cursor::new("two\nlines\r\n");
+        let pw = password_from(&mut input, false, &mut prompt).unwrap();
+        assert_eq!(pw.secret(), "two\nlines");
+        assert!(prompt.is_empty());
+        // Enter alone on a terminal is no password.
+        let e = password_from(&mut std::io::Cursor::new("\n"), true, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no password"), "{e}");
     }
 }

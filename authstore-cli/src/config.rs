@@ -145,13 +145,30 @@ impl FileConfig {
         s.address_rate_limit = rate("address_rate", &l.address_rate, s.address_rate_limit)?;
         s.login_rate_limit = rate("login_rate", &l.login_rate, s.login_rate_limit)?;
         if let Some(v) = l.request_timeout_secs {
+            if v == 0 {
+                return Err(CliError::input(
+                    "config [limits] request_timeout_secs: must be at least 1",
+                ));
+            }
             s.request_timeout = Duration::from_secs(v);
         }
-        if let Some(v) = l.max_body_bytes {
-            s.max_body_bytes = v;
-        }
-        if let Some(v) = l.max_header_bytes {
-            s.max_header_bytes = v;
+        // The server refuses these too, but only once the store is open: check them first.
+        for (key, v, field) in [
+            ("max_body_bytes", l.max_body_bytes, &mut s.max_body_bytes),
+            (
+                "max_header_bytes",
+                l.max_header_bytes,
+                &mut s.max_header_bytes,
+            ),
+        ] {
+            if let Some(v) = v {
+                if v < 1024 {
+                    return Err(CliError::input(format!(
+                        "config [limits] {key}: must be at least 1024 (bytes)"
+                    )));
+                }
+                *field = v;
+            }
         }
         Ok(s)
     }
@@ -239,6 +256,22 @@ mod tests {
         let c: FileConfig = toml::from_str("[limits]\nclient_rate = \"fast\"").unwrap();
         let e = c.server_config("http://x").unwrap_err().to_string();
         assert!(e.contains("client_rate") && e.contains("N/BURST"), "{e}");
+        // What the server would refuse only once the store is open is refused here.
+        for (text, key) in [
+            ("[limits]\nmax_body_bytes = 10", "max_body_bytes"),
+            ("[limits]\nmax_header_bytes = 1023", "max_header_bytes"),
+            ("[limits]\nrequest_timeout_secs = 0", "request_timeout_secs"),
+        ] {
+            let c: FileConfig = toml::from_str(text).unwrap();
+            let e = c.server_config("http://x").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("at least"), "{e}");
+        }
+        // A rate limit of 0 or off is no limit.
+        let c: FileConfig =
+            toml::from_str("[limits]\nclient_rate = \"0\"\nlogin_rate = \"OFF\"").unwrap();
+        let srv = c.server_config("http://x").unwrap();
+        assert_eq!(srv.client_rate_limit, RateLimit::OFF);
+        assert_eq!(srv.login_rate_limit, RateLimit::OFF);
         let c: FileConfig = toml::from_str("[tokens]\nrefresh_grace_secs = 3600").unwrap();
         assert!(c.store_config().is_err());
         let c: FileConfig = toml::from_str("[tokens]\ndeployment_prefix = \"Bad_\"").unwrap();

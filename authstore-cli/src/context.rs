@@ -19,9 +19,8 @@ pub(crate) const DEFAULT_DATABASE_URL: &str = "sqlite://./authstore.db";
 pub(crate) struct Settings {
     /// The store URL.
     pub(crate) database_url: String,
-    /// Whether the URL came from somewhere (flag, environment, config file) rather than
-    /// the default.
-    pub(crate) database_url_given: bool,
+    /// Where the URL came from.
+    pub(crate) database_url_source: UrlSource,
     /// The config file, if one was named.
     pub(crate) config_path: Option<PathBuf>,
     /// Its contents (all defaults without one).
@@ -32,12 +31,42 @@ pub(crate) struct Settings {
     pub(crate) sealing_key_file: Option<PathBuf>,
 }
 
+/// Where the database URL came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UrlSource {
+    /// `--database-url`.
+    Flag,
+    /// An environment variable (`AUTHSTORE_DATABASE_URL`, `DATABASE_URL`).
+    Env(&'static str),
+    /// `database_url` in the config file.
+    ConfigFile,
+    /// Nothing named one: [`DEFAULT_DATABASE_URL`].
+    Default,
+}
+
+/// What a command does with the store: whether it may create a database, and what it is
+/// told about a `memory:` one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// `serve`: may create the database; migrates it itself.
+    Serve,
+    /// `migrate`: may create the database; migrates it itself.
+    Migrate,
+    /// `client create`, `user create`: may create the database (and migrate a new one).
+    Create,
+    /// Every other command: the database must exist (a SQLite file that does not is an
+    /// error, and nothing is created).
+    Existing,
+}
+
 /// The global options as parsed (flag or environment through clap). No `Debug`: the URL
 /// may hold a password.
 #[derive(Default)]
 pub(crate) struct GlobalInput {
     /// `--database-url` / `AUTHSTORE_DATABASE_URL`.
     pub(crate) database_url: Option<String>,
+    /// Whether `database_url` came from the flag (else from `AUTHSTORE_DATABASE_URL`).
+    pub(crate) database_url_from_flag: bool,
     /// `--config` / `AUTHSTORE_CONFIG`.
     pub(crate) config: Option<PathBuf>,
     /// `--token-key-file` / `AUTHSTORE_TOKEN_KEY_FILE`.
@@ -69,14 +98,25 @@ impl Settings {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
-        let given = input
-            .database_url
-            .filter(|u| !u.trim().is_empty())
-            .or_else(|| env_var("DATABASE_URL"))
-            .or_else(|| file.database_url.clone());
+        let from_global = if input.database_url_from_flag {
+            UrlSource::Flag
+        } else {
+            UrlSource::Env("AUTHSTORE_DATABASE_URL")
+        };
+        let (database_url, database_url_source) =
+            match input.database_url.filter(|u| !u.trim().is_empty()) {
+                Some(u) => (u, from_global),
+                None => match env_var("DATABASE_URL") {
+                    Some(u) => (u, UrlSource::Env("DATABASE_URL")),
+                    None => match &file.database_url {
+                        Some(u) => (u.clone(), UrlSource::ConfigFile),
+                        None => (DEFAULT_DATABASE_URL.to_owned(), UrlSource::Default),
+                    },
+                },
+            };
         Ok(Self {
-            database_url_given: given.is_some(),
-            database_url: given.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            database_url,
+            database_url_source,
             config_path: input.config,
             file,
             token_key_file: input.token_key_file,
@@ -89,32 +129,90 @@ impl Settings {
         authstore::redact_url(&self.database_url)
     }
 
-    /// The global options another command needs to reach the same store with the same
-    /// keys, as shell words (for hints that print a command to run).
-    pub(crate) fn global_flags(&self) -> String {
-        let mut out = String::new();
-        if self.database_url_given {
-            out.push_str(&format!(
-                " --database-url {}",
-                shell_quote(&self.database_display())
-            ));
+    /// Whether the URL names the `memory:` store.
+    pub(crate) fn is_memory(&self) -> bool {
+        matches!(kind(&self.database_url), Some(Kind::Memory))
+    }
+
+    /// Whether the URL shows whole in messages (it holds no credentials).
+    pub(crate) fn url_shows_whole(&self) -> bool {
+        self.database_display() == self.database_url
+    }
+
+    /// How another command reaches the same store with the same keys: the global options
+    /// to give it (shell words, each with a leading space) and the environment variables it
+    /// needs as this process had them. A URL with credentials is never printed: the
+    /// command is told to use the same setting instead.
+    pub(crate) fn same_store(&self) -> SameStore {
+        let mut flags = String::new();
+        let mut env: Vec<&'static str> = Vec::new();
+        let mut flag_with_password = false;
+        match self.database_url_source {
+            UrlSource::Flag if self.url_shows_whole() => {
+                flags.push_str(&format!(
+                    " --database-url {}",
+                    shell_quote(&self.database_url)
+                ));
+            }
+            UrlSource::Flag => flag_with_password = true,
+            UrlSource::Env(var) => env.push(var),
+            UrlSource::ConfigFile | UrlSource::Default => {}
         }
         if let Some(p) = &self.config_path {
-            out.push_str(&format!(
+            flags.push_str(&format!(
                 " --config {}",
                 shell_quote(&p.display().to_string())
             ));
         }
-        if let Some(p) = &self.token_key_file {
-            out.push_str(&format!(
-                " --token-key-file {}",
-                shell_quote(&p.display().to_string())
-            ));
+        for (file, ring) in [
+            (&self.token_key_file, Ring::Token),
+            (&self.sealing_key_file, Ring::Sealing),
+        ] {
+            match file {
+                Some(p) => flags.push_str(&format!(
+                    " {} {}",
+                    ring.flag(),
+                    shell_quote(&p.display().to_string())
+                )),
+                None if env_var(ring.inline_env()).is_some() => env.push(ring.inline_env()),
+                None => {}
+            }
         }
-        if let Some(p) = &self.sealing_key_file {
-            out.push_str(&format!(
-                " --sealing-key-file {}",
-                shell_quote(&p.display().to_string())
+        SameStore {
+            flags,
+            env,
+            flag_with_password,
+        }
+    }
+}
+
+/// What [`Settings::same_store`] returns.
+#[derive(Debug)]
+pub(crate) struct SameStore {
+    /// Global options, as shell words with a leading space each.
+    pub(crate) flags: String,
+    /// Environment variables the other command needs as this one had them.
+    pub(crate) env: Vec<&'static str>,
+    /// The URL came from `--database-url` and holds credentials: not printed.
+    pub(crate) flag_with_password: bool,
+}
+
+impl SameStore {
+    /// Lines that say what the printed command needs besides its words.
+    pub(crate) fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.flag_with_password {
+            out.push(
+                "  (add the same --database-url as this server: it is not shown because it \
+                 holds a password; better put such a URL in AUTHSTORE_DATABASE_URL or the \
+                 config file than in a flag, which `ps` shows)"
+                    .to_owned(),
+            );
+        }
+        if !self.env.is_empty() {
+            out.push(format!(
+                "  (run it with the same {} in its environment as this server)",
+                self.env.join(" and ")
             ));
         }
         out
@@ -250,8 +348,8 @@ fn missing_key_message(db: &Path, file: &Path, ring: Ring) -> String {
 
 fn postgres_message() -> String {
     "a PostgreSQL database needs its keys given (they are not kept in the database): create \
-     them once with `authstore keys generate > token.keys; chmod 600 token.keys` and \
-     `authstore keys generate --sealing > sealing.keys; chmod 600 sealing.keys`, then pass \
+     them once with `(umask 077; authstore keys generate > token.keys)` and \
+     `(umask 077; authstore keys generate --sealing > sealing.keys)`, then pass \
      --token-key-file token.keys --sealing-key-file sealing.keys (or set \
      AUTHSTORE_TOKEN_KEY_FILE and AUTHSTORE_SEALING_KEY_FILE, AUTHSTORE_TOKEN_KEYS and \
      AUTHSTORE_SEALING_KEYS, or token_key_file and sealing_key_file in the config file)"
@@ -319,10 +417,25 @@ impl Settings {
         })
     }
 
-    /// Opens the store with its keys and configuration. On first run (a SQLite file that
-    /// does not exist yet) the key files are created beside the database. With
-    /// `migrate_new`, a database without any schema (new) is migrated.
-    pub(crate) async fn open(&self, migrate_new: bool) -> CliResult<Authstore> {
+    /// Where the URL came from, for messages.
+    fn url_origin(&self) -> String {
+        match self.database_url_source {
+            UrlSource::Flag => "--database-url".to_owned(),
+            UrlSource::Env(var) => var.to_owned(),
+            UrlSource::ConfigFile => match &self.config_path {
+                Some(p) => format!("database_url in {}", p.display()),
+                None => "database_url in the config file".to_owned(),
+            },
+            UrlSource::Default => "the default; name another with --database-url".to_owned(),
+        }
+    }
+
+    /// Opens the store with its keys and configuration. `access` says whether the
+    /// database may be created: on first run (a SQLite file that does not exist yet) the key
+    /// files are created beside it; otherwise such a file is an error and nothing is made.
+    /// A database without any schema (new) is migrated for [`Access::Create`] and
+    /// [`Access::Existing`] (`serve` and `migrate` migrate themselves).
+    pub(crate) async fn open(&self, access: Access) -> CliResult<Authstore> {
         let url = self.database_url.as_str();
         let Some(kind) = kind(url) else {
             // Let the library say which URLs it accepts (it changes nothing for these).
@@ -336,6 +449,15 @@ impl Settings {
         let config = self.file.store_config()?;
         let db_exists = match &kind {
             Kind::Sqlite(p) => {
+                if access == Access::Existing && !p.exists() {
+                    return Err(CliError::input(format!(
+                        "the database {} does not exist (from {}); this command does not \
+                         create one: check the path, or create the database with `authstore \
+                         migrate` (or `authstore serve`) with the same settings",
+                        p.display(),
+                        self.url_origin()
+                    )));
+                }
                 let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
                 if let Some(d) = dir.filter(|d| !d.is_dir()) {
                     return Err(CliError::input(format!(
@@ -345,7 +467,22 @@ impl Settings {
                 }
                 p.exists()
             }
-            Kind::Memory => false,
+            Kind::Memory => {
+                match access {
+                    Access::Serve => {}
+                    Access::Existing => eprintln!(
+                        "warning: a memory: store lives only in this process: it starts empty \
+                         (nothing another command wrote is in it), and what this command \
+                         writes is thrown away when it exits"
+                    ),
+                    Access::Create | Access::Migrate => eprintln!(
+                        "warning: a memory: store lives only in this process: what this \
+                         command writes is thrown away when it exits (use a sqlite:// or \
+                         postgres:// database to keep it)"
+                    ),
+                }
+                false
+            }
             Kind::Postgres => true,
         };
         let mut created = Created::default();
@@ -390,7 +527,7 @@ impl Settings {
         if !db_exists {
             tracing::info!(database = %self.database_display(), "created a new database");
         }
-        if migrate_new {
+        if matches!(access, Access::Create | Access::Existing) {
             // One primary-key read of a client that cannot exist tells whether the schema is
             // there. A database with no schema at all is new: nothing can depend on its old
             // shape, so it is migrated here. One at an older version is left to
@@ -404,9 +541,21 @@ impl Settings {
                 }
                 Err(e) => return Err(e.into()),
             }
+            verify_keys(&store).await?;
         }
         Ok(store)
     }
+}
+
+/// Checks the key rings against the ones the database was used with (refusing a wrong key
+/// file before anything is hashed with it), and records keys it has not seen yet. Needs a
+/// migrated store: `serve` and `migrate` call it after migrating.
+pub(crate) async fn verify_keys(store: &Authstore) -> CliResult<()> {
+    let v = store.verify_keys().await?;
+    for c in &v.recorded {
+        tracing::info!(ring = ?c.ring, key_id = %c.key_id, "recorded a new key's check in the database");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -427,5 +576,29 @@ mod tests {
         assert_eq!(shell_quote("sqlite://./a.db"), "sqlite://./a.db");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn settings_never_show_a_database_password() {
+        for url in [
+            "postgres://u:hunter2@db/x",
+            "postgres://u@db/x?password=hunter2",
+            "postgres://db/x?sslpassword=hunter2",
+            "postgres//u:hunter2@db/x",
+            "postgres:u:hunter2@db/x",
+        ] {
+            let s = Settings {
+                database_url: url.to_owned(),
+                database_url_source: UrlSource::Flag,
+                config_path: None,
+                file: FileConfig::default(),
+                token_key_file: None,
+                sealing_key_file: None,
+            };
+            let shown = format!("{s:?} {} {:?}", s.database_display(), s.same_store());
+            assert!(!shown.contains("hunter2"), "{url}: {shown}");
+            assert!(!s.url_shows_whole());
+            assert!(s.same_store().flag_with_password);
+        }
     }
 }

@@ -26,6 +26,10 @@ pub(crate) enum CliError {
     /// A key ring cannot be had; the message says how to provide one.
     #[error("{0}")]
     Keys(String),
+    /// Standard output was closed by its reader (`authstore client list | head -1`): the
+    /// command stops, and exits with status 0 without a message.
+    #[error("standard output was closed")]
+    StdoutClosed,
     /// Reading or writing a file, stdin or stdout, or listening, failed.
     #[error("{what}: {source}")]
     Io {

@@ -162,7 +162,8 @@ pub fn read_key_file(path: &Path, ring: Ring) -> CliResult<Zeroizing<String>> {
     let mut f = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             KeyError::Invalid(format!(
-                "{} file {shown} does not exist; create it with `{} > {shown}; chmod 600 {shown}`",
+                "{} file {shown} does not exist; create it (private from the start) with \
+                 `(umask 077; {} > {shown})`",
                 ring.name(),
                 ring.generate_command()
             ))
@@ -213,8 +214,29 @@ pub fn default_key_id(ring: Ring) -> String {
     format!("{p}{}-1", today())
 }
 
-/// A fresh key as one line of the file format (`<id> <hex>`), without newline.
+/// Checks a key id for the file format: a line starting with `#` is a comment, and
+/// whitespace separates the id from the key, so neither may be in an id. (The store's key
+/// types check the rest: 1 to 64 printable ASCII characters.)
+pub fn check_key_id(id: &str) -> CliResult<()> {
+    if id.starts_with('#') {
+        return Err(KeyError::Invalid(format!(
+            "key id {id:?} starts with `#`: its line in a key file would be a comment (the \
+             key ignored); choose an id such as k20261122-1"
+        )));
+    }
+    if id.chars().any(char::is_whitespace) {
+        return Err(KeyError::Invalid(format!(
+            "key id {id:?} contains whitespace, which separates the id from the key in a key \
+             file; choose an id such as k20261122-1"
+        )));
+    }
+    Ok(())
+}
+
+/// A fresh key as one line of the file format (`<id> <hex>`), without newline. The id is
+/// checked with [`check_key_id`].
 pub fn generate_line(ring: Ring, id: &str) -> CliResult<Zeroizing<String>> {
+    check_key_id(id)?;
     let hex = match ring {
         Ring::Token => TokenKey::generate(id)?.to_hex(),
         Ring::Sealing => SealingKey::generate(id)?.to_hex(),
@@ -279,6 +301,20 @@ mod tests {
                 "no key material: {e}"
             );
         }
+    }
+
+    #[test]
+    fn key_ids_that_would_break_the_file_are_refused() {
+        for bad in ["#new", "# new", "a b", "a\tb", "new\n"] {
+            let e = generate_line(Ring::Token, bad).unwrap_err().to_string();
+            assert!(
+                e.contains("key id") && e.contains("k20261122-1"),
+                "{bad:?}: {e}"
+            );
+        }
+        // `#` inside an id is fine: only a leading one starts a comment.
+        let l = generate_line(Ring::Sealing, "s#1").unwrap();
+        assert_eq!(parse_sealing_keys(&l, "x").unwrap().active_id(), "s#1");
     }
 
     #[test]

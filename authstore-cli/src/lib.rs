@@ -32,24 +32,152 @@ pub async fn open(url: &str) -> Result<Arc<dyn Backend>> {
         Some("postgres" | "postgresql") => Ok(Arc::new(
             authstore_postgres::PostgresStore::connect_url(url).await?,
         )),
-        _ => Err(Error::UnsupportedUrl {
-            reason: format!(
-                "{:?} names no backend; use memory:, sqlite://PATH (e.g. sqlite://./authstore.db) \
-                 or postgres://USER@HOST/DB",
-                redact_url(url)
-            ),
-        }),
+        _ => {
+            let shown = redact_url(url);
+            let what = if shown == REDACTED {
+                "the database URL (not shown: it does not start with a valid scheme such as \
+                 sqlite: or postgres:)"
+                    .to_owned()
+            } else {
+                format!("the database URL {shown:?}")
+            };
+            Err(Error::UnsupportedUrl {
+                reason: format!(
+                    "{what} names no backend; use memory:, sqlite://PATH (e.g. \
+                     sqlite://./authstore.db) or postgres://USER@HOST/DB"
+                ),
+            })
+        }
     }
 }
 
-/// A store URL with its credentials removed (`postgres://u:pw@host/db` becomes
-/// `postgres://[redacted]@host/db`), for messages and logs; at most 200 characters of a URL
-/// without credentials.
+/// What [`redact_url`] shows in place of credentials.
+const REDACTED: &str = "[redacted]";
+
+/// The longest text [`redact_url`] returns (a longer one is cut and ends with `…`).
+const SHOWN_MAX: usize = 200;
+
+/// A store URL with its credentials removed, for messages and logs:
+///
+/// - `scheme://…`: the userinfo (everything up to the last `@`: a password may hold `@`,
+///   `/`, `?` or `#` unescaped) becomes `[redacted]`, and the value of a `password` or
+///   `sslpassword` query parameter becomes `[redacted]`
+///   (`postgres://u:pw@host/db?sslpassword=x` shows as
+///   `postgres://[redacted]@host/db?sslpassword=[redacted]`); a fragment is not shown;
+/// - `sqlite:` URLs name a file and hold no credentials: shown whole;
+/// - any other URL without `://` shows only its scheme (`memory:`, `postgres:[redacted]`),
+///   and text that does not start with a scheme shows as `[redacted]`.
+///
+/// At most 200 characters are shown (cut after redaction, so a long password cannot push
+/// its `@` out of view).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://[redacted]@{}", &url[..s], &url[at + 1..]),
-        _ => url.chars().take(200).collect(),
+    let shown = redact_whole(url);
+    if shown.chars().count() > SHOWN_MAX {
+        let mut cut: String = shown.chars().take(SHOWN_MAX).collect();
+        cut.push('…');
+        cut
+    } else {
+        shown
     }
+}
+
+/// Whether `s` is a URL scheme (RFC 3986: a letter, then letters, digits, `+`, `-`, `.`).
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+fn redact_whole(url: &str) -> String {
+    if let Some((scheme, _)) = url.split_once(':') {
+        if scheme.eq_ignore_ascii_case("sqlite") {
+            return url.to_owned();
+        }
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if !is_scheme(scheme) {
+            return REDACTED.to_owned();
+        }
+        let mut out = format!("{scheme}://");
+        let rest = match rest.rfind('@') {
+            Some(at) => {
+                out.push_str(REDACTED);
+                out.push('@');
+                &rest[at + 1..]
+            }
+            None => rest,
+        };
+        out.push_str(&redact_query(rest));
+        return out;
+    }
+    match url.split_once(':') {
+        Some((scheme, "")) if is_scheme(scheme) => format!("{scheme}:"),
+        Some((scheme, _)) if is_scheme(scheme) => format!("{scheme}:{REDACTED}"),
+        _ => REDACTED.to_owned(),
+    }
+}
+
+/// `host/path?query#fragment` with the values of secret parameters and the fragment
+/// replaced.
+fn redact_query(s: &str) -> String {
+    let (before, query, fragment) = match s.split_once('?') {
+        Some((b, q)) => match q.split_once('#') {
+            Some((q, _)) => (b, Some(q), true),
+            None => (b, Some(q), false),
+        },
+        None => match s.split_once('#') {
+            Some((b, _)) => (b, None, true),
+            None => (s, None, false),
+        },
+    };
+    let mut out = before.to_owned();
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if is_secret_parameter(k) => format!("{k}={REDACTED}"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    if fragment {
+        out.push('#');
+        out.push_str(REDACTED);
+    }
+    out
+}
+
+/// Whether a query parameter holds a password (`password`, `sslpassword`; any case,
+/// percent-encoded or not).
+fn is_secret_parameter(key: &str) -> bool {
+    let key = percent_decode(key).trim().to_ascii_lowercase();
+    key == "password" || key == "sslpassword"
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -64,7 +192,14 @@ mod tests {
         let b = open(&url).await.unwrap();
         assert_eq!(b.backend_name(), "sqlite");
         b.migrate().await.unwrap();
-        for bad in ["", "mysql://u:hunter2@x/db", "memory:x", "nonsense"] {
+        for bad in [
+            "",
+            "mysql://u:hunter2@x/db",
+            "memory:x",
+            "nonsense",
+            "postgres//u:hunter2@db/x",
+            "hunter2",
+        ] {
             let e = open(bad).await.unwrap_err();
             assert!(matches!(e, Error::UnsupportedUrl { .. }), "{bad}: {e:?}");
             assert!(!e.to_string().contains("hunter2"), "no password in errors");
@@ -79,5 +214,68 @@ mod tests {
             !format!("{e} {e:?}").contains("hunter2"),
             "no password in errors"
         );
+        // Other shapes the PostgreSQL backend refuses or cannot reach: no password either.
+        for url in [
+            "postgres:u:hunter2@127.0.0.1:1/db",
+            "postgres://u@127.0.0.1:1/db?password=hunter2&connect_timeout=2",
+        ] {
+            let e = open(url).await.unwrap_err();
+            assert!(!format!("{e} {e:?}").contains("hunter2"), "{url}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_every_shape_of_credentials() {
+        for (url, shown) in [
+            ("memory:", "memory:"),
+            ("memory://", "memory://"),
+            ("sqlite://./authstore.db", "sqlite://./authstore.db"),
+            ("sqlite:x.db?readers=2", "sqlite:x.db?readers=2"),
+            ("postgres://h/db", "postgres://h/db"),
+            ("postgres://u:hunter2@h/db", "postgres://[redacted]@h/db"),
+            ("postgres://u@h/db", "postgres://[redacted]@h/db"),
+            // A password with unescaped `@`, `/`, `?` and `#`.
+            (
+                "postgres://u:hun/t?er#2@x@h:5432/db",
+                "postgres://[redacted]@h:5432/db",
+            ),
+            (
+                "postgres://u@h/db?password=hunter2",
+                "postgres://[redacted]@h/db?password=[redacted]",
+            ),
+            (
+                "postgresql://h/db?sslmode=require&PassWord=hunter2&pool_size=4",
+                "postgresql://h/db?sslmode=require&PassWord=[redacted]&pool_size=4",
+            ),
+            (
+                "postgres://h/db?sslpassword=hunter2",
+                "postgres://h/db?sslpassword=[redacted]",
+            ),
+            (
+                "postgres://h/db?pass%77ord=hunter2",
+                "postgres://h/db?pass%77ord=[redacted]",
+            ),
+            (
+                "postgres://h/db?password=hun#ter2",
+                "postgres://h/db?password=[redacted]#[redacted]",
+            ),
+            ("postgres://h/db#hunter2", "postgres://h/db#[redacted]"),
+            // No `://`: only the scheme.
+            ("postgres//u:hunter2@db/x", "[redacted]"),
+            ("postgres:u:hunter2@db/x", "postgres:[redacted]"),
+            ("mysql:hunter2", "mysql:[redacted]"),
+            ("hunter2", "[redacted]"),
+            ("", "[redacted]"),
+            ("a b://u:hunter2@h", "[redacted]"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        // Cut after redaction: a long password cannot push its `@` out of view.
+        let long = format!("postgres://u:{}@h/db", "p".repeat(500));
+        assert_eq!(redact_url(&long), "postgres://[redacted]@h/db");
+        let long = format!("postgres://h/{}", "d".repeat(500));
+        let shown = redact_url(&long);
+        assert_eq!(shown.chars().count(), 201);
+        assert!(shown.ends_with('…'));
     }
 }

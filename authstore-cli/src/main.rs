@@ -17,7 +17,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::context::{GlobalInput, Settings};
 use crate::error::{CliError, CliResult};
@@ -146,10 +147,11 @@ fn init_logging(format: LogFormat) -> CliResult<()> {
     result.map_err(|e| CliError::input(format!("cannot start logging: {e}")))
 }
 
-async fn run(cli: Cli) -> CliResult<()> {
+async fn run(cli: Cli, database_url_from_flag: bool) -> CliResult<()> {
     let g = cli.global;
     let input = GlobalInput {
         database_url: g.database_url,
+        database_url_from_flag,
         config: g.config,
         token_key_file: g.token_key_file,
         sealing_key_file: g.sealing_key_file,
@@ -174,8 +176,20 @@ async fn run(cli: Cli) -> CliResult<()> {
 
 fn main() -> ExitCode {
     // Usage errors print clap's message and exit with status 2; --help and --version exit 0.
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // Whether the database URL was typed as a flag or came from AUTHSTORE_DATABASE_URL:
+    // hints never print a URL that came from the environment as a flag.
+    let database_url_from_flag =
+        matches.value_source("database_url") == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let fail = |e: CliError| {
+        // A reader that went away (`authstore client list | head -1`) is not a failure.
+        if matches!(e, CliError::StdoutClosed) {
+            return ExitCode::SUCCESS;
+        }
         eprintln!("error: {e}");
         ExitCode::from(1)
     };
@@ -189,7 +203,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(CliError::io("cannot start the async runtime", e)),
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, database_url_from_flag)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }

@@ -8,12 +8,19 @@ use serde_json::{Value, json};
 
 use crate::error::{CliError, CliResult};
 
-/// Writes one line to stdout and flushes it.
+/// Writes one line to stdout and flushes it. A reader that went away gives
+/// [`CliError::StdoutClosed`].
 pub(crate) fn line(text: impl AsRef<str>) -> CliResult<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", text.as_ref())
         .and_then(|()| out.flush())
-        .map_err(|e| CliError::io("cannot write to standard output", e))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                CliError::StdoutClosed
+            } else {
+                CliError::io("cannot write to standard output", e)
+            }
+        })
 }
 
 /// Writes a JSON document (pretty, one trailing newline) to stdout.

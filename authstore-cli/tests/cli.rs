@@ -246,7 +246,7 @@ fn create_service(d: &Dir) -> Value {
 #[test]
 fn first_run_creates_the_database_and_private_key_files() {
     let d = Dir::new();
-    d.ok(&["stats"]);
+    d.ok(&["migrate"]);
     let tk = d.file("authstore.db.token-keys");
     let sk = d.file("authstore.db.sealing-keys");
     assert!(d.db().is_file());
@@ -304,7 +304,7 @@ fn a_missing_key_file_beside_an_existing_database_is_refused() {
 #[test]
 fn a_key_file_readable_by_others_is_refused() {
     let d = Dir::new();
-    d.ok(&["stats"]);
+    d.ok(&["migrate"]);
     for (file, m) in [
         ("authstore.db.token-keys", 0o640),
         ("authstore.db.sealing-keys", 0o604),
@@ -384,8 +384,52 @@ fn keys_generate_makes_working_key_files_and_inline_keys() {
         &env,
     );
     assert!(list.contains(&id.to_string()));
-    // Wrong keys on existing data: refused by the store (the secret no longer verifies), and
-    // a named file that does not exist says how to make one.
+    // Wrong keys on existing data are refused before anything is hashed with them: another
+    // key under a known id (AS0022), or keys the database never saw (AS0023).
+    let forged = d.ok(&["keys", "generate", "--id", line.split(' ').next().unwrap()]);
+    let stranger = d.ok(&["keys", "generate", "--id", "k-stranger"]);
+    for (text, code) in [(&forged, "AS0022"), (&stranger, "AS0023")] {
+        let wrong = d.file("wrong.keys");
+        std::fs::write(&wrong, text).unwrap();
+        set_mode(&wrong, 0o600);
+        for cmd in [
+            &["client", "list"][..],
+            &["client", "create", "--name", "y"][..],
+        ] {
+            let err = d.fails(
+                &[
+                    &[
+                        "--database-url",
+                        "sqlite://other.db",
+                        "--token-key-file",
+                        "wrong.keys",
+                        "--sealing-key-file",
+                        "sealing.keys",
+                    ][..],
+                    cmd,
+                ]
+                .concat(),
+            );
+            assert!(
+                err.contains(code) && err.contains("key file"),
+                "{cmd:?}: {err}"
+            );
+        }
+    }
+    // The refused `client create` created nothing: the first client is still alone.
+    let listed = d.ok_with(
+        &[
+            "--database-url",
+            "sqlite://other.db",
+            "client",
+            "list",
+            "--json",
+        ],
+        None,
+        &env,
+    );
+    assert_eq!(listed.matches("\"client_name\"").count(), 1, "{listed}");
+    // A named key file that does not exist says how to make one (private from the start).
     let err = d.fails(&[
         "--database-url",
         "sqlite://other.db",
@@ -396,7 +440,8 @@ fn keys_generate_makes_working_key_files_and_inline_keys() {
         "stats",
     ]);
     assert!(
-        err.contains("nope.keys") && err.contains("keys generate"),
+        err.contains("nope.keys")
+            && err.contains("(umask 077; authstore keys generate > nope.keys)"),
         "{err}"
     );
     // A PostgreSQL URL without keys says how to give them (before connecting).
@@ -406,7 +451,9 @@ fn keys_generate_makes_working_key_files_and_inline_keys() {
         "stats",
     ]);
     assert!(
-        err.contains("authstore keys generate > ") && err.contains("chmod 600"),
+        err.contains("(umask 077; authstore keys generate > token.keys)")
+            && err.contains("(umask 077; authstore keys generate --sealing > sealing.keys)")
+            && !err.contains("chmod"),
         "{err}"
     );
     assert!(!err.contains("hunter2"));
@@ -734,11 +781,23 @@ fn bad_input_exits_1_with_a_helpful_error_and_changes_nothing() {
         ),
         (&["--config", "missing.toml", "stats"], &["missing.toml"]),
         (
-            &["--config", "bad-rate.toml", "serve"],
+            &[
+                "--config",
+                "bad-rate.toml",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ],
             &["client_rate", "N/BURST"],
         ),
-        (&["serve", "--issuer", "ftp://x"], &["issuer"]),
-        (&["serve", "--listen", "127.0.0.1:notaport"], &["listen"]),
+        (
+            &["serve", "--issuer", "ftp://x", "--listen", "127.0.0.1:0"],
+            &["issuer"],
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:notaport"],
+            &["listen", "port"],
+        ),
         (
             &["token", "introspect", "at_garbage"],
             &["malformed access token"],
@@ -763,13 +822,19 @@ fn bad_input_exits_1_with_a_helpful_error_and_changes_nothing() {
         "nonsense",
         "sqlite://./x.db?readers=0",
     ] {
-        let err = e.fails(&["--database-url", url, "stats"]);
-        assert!(
-            err.contains("unsupported") || err.contains("URL"),
-            "{url}: {err}"
-        );
-        assert!(!err.contains("hunter2"), "{err}");
-        assert!(names(e.path()).is_empty(), "{url}: {:?}", names(e.path()));
+        // `migrate` may create a database: the URL is refused before anything is made.
+        for cmd in ["migrate", "stats"] {
+            let err = e.fails(&["--database-url", url, cmd]);
+            // (`stats` may refuse first because the file does not exist.)
+            assert!(
+                err.contains("unsupported")
+                    || err.contains("URL")
+                    || (cmd == "stats" && err.contains("does not exist")),
+                "{url} {cmd}: {err}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(names(e.path()).is_empty(), "{url}: {:?}", names(e.path()));
+        }
     }
     let err = e.fails_with(&["stats"], None, &[("DATABASE_URL", "mysql://x/db")]);
     assert!(err.contains("mysql"), "DATABASE_URL is read: {err}");
@@ -1283,4 +1348,527 @@ fn serve_on_memory_uses_fresh_keys_and_a_configured_issuer() {
     server.term();
     let (status, _) = server.wait();
     assert!(status.success());
+}
+
+// ----- review fixes: passwords in URLs, hints, what may create a database ---------------
+
+/// Every shape of URL that holds a password (or might), as a command may be given it.
+const PASSWORD_URLS: [&str; 9] = [
+    "postgres://u:hunter2@127.0.0.1:1/db?connect_timeout=2",
+    "postgres://u@127.0.0.1:1/db?password=hunter2&connect_timeout=2",
+    "postgres://u@127.0.0.1:1/db?connect_timeout=2&sslpassword=hunter2",
+    "postgresql://u:hunter2@x@127.0.0.1:1/db?connect_timeout=2",
+    "postgres//u:hunter2@db/x",
+    "postgres:u:hunter2@db/x",
+    "mysql://u:hunter2@h/db",
+    "mysql:hunter2",
+    "hunter2",
+];
+
+/// Where a URL comes from: global options, or an environment variable.
+type Source<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
+
+#[test]
+fn a_database_password_never_shows_wherever_the_url_comes_from() {
+    let d = Dir::new();
+    let token = d.ok(&["keys", "generate"]);
+    let sealing = d.ok(&["keys", "generate", "--sealing"]);
+    let commands: [&[&str]; 5] = [
+        &["stats"],
+        &["migrate"],
+        &["serve", "--listen", "127.0.0.1:0"],
+        &["client", "create", "--name", "x"],
+        &[
+            "user",
+            "create",
+            "--username",
+            "bob",
+            "--password",
+            "long enough password",
+        ],
+    ];
+    for url in PASSWORD_URLS {
+        std::fs::write(d.file("c.toml"), format!("database_url = \"{url}\"\n")).unwrap();
+        let flag = ["--database-url", url];
+        let config = ["--config", "c.toml"];
+        let sources: [Source<'_>; 4] = [
+            (&flag[..], None),
+            (&[], Some(("AUTHSTORE_DATABASE_URL", url))),
+            (&[], Some(("DATABASE_URL", url))),
+            (&config[..], None),
+        ];
+        for (global, var) in sources {
+            for cmd in commands {
+                let args = [global, cmd].concat();
+                let mut env = vec![
+                    ("AUTHSTORE_TOKEN_KEYS", token.as_str()),
+                    ("AUTHSTORE_SEALING_KEYS", sealing.as_str()),
+                    // Every log line too.
+                    ("AUTHSTORE_LOG", "debug"),
+                ];
+                env.extend(var);
+                let out = d.run_with(&args, None, &env);
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(out.status.code(), Some(1), "{args:?} {var:?}: {text}");
+                assert_failure_text(&String::from_utf8_lossy(&out.stderr), &args);
+                assert!(!text.contains("hunter2"), "{args:?} {var:?}: {text}");
+                assert_eq!(names(d.path()), ["c.toml"], "{args:?}: nothing created");
+            }
+        }
+    }
+}
+
+#[test]
+fn serve_hints_reach_the_same_store_without_turning_a_url_into_a_flag() {
+    let d = Dir::new();
+    // From the environment: no --database-url, the same variable instead.
+    let mut c = d.cmd(&["serve", "--listen", "127.0.0.1:0"]);
+    c.env("AUTHSTORE_DATABASE_URL", "sqlite://env.db");
+    let mut s = Server::spawn(c);
+    let hint = s.out_until("client create");
+    assert!(
+        hint.starts_with("  authstore client create") && !hint.contains("--database-url"),
+        "{hint}"
+    );
+    let note = s.next_out();
+    assert!(note.contains("same AUTHSTORE_DATABASE_URL"), "{note}");
+    s.term();
+    assert!(s.wait().0.success());
+    // Run that way, the hinted command reaches the server's database.
+    let env = [("AUTHSTORE_DATABASE_URL", "sqlite://env.db")];
+    d.ok_with(&["client", "create", "--name", "svc"], None, &env);
+    assert_eq!(
+        d.ok_with(&["client", "list", "--json"], None, &env)
+            .matches("\"client_id\":")
+            .count(),
+        1
+    );
+    // From the flag, before or after the command: repeated as given (no password in it).
+    for args in [
+        &[
+            "--database-url",
+            "sqlite://flag.db",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ][..],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite://flag2.db",
+        ][..],
+    ] {
+        let url = args[args.iter().position(|a| *a == "--database-url").unwrap() + 1];
+        let mut s = Server::spawn(d.cmd(args));
+        let hint = s.out_until("client create");
+        assert!(
+            hint.contains(&format!("authstore --database-url {url} client create")),
+            "{hint}"
+        );
+        assert!(s.next_out().starts_with("then get"), "no note needed");
+        s.term();
+        assert!(s.wait().0.success());
+    }
+    // From the config file: the same --config.
+    std::fs::write(d.file("cfg.toml"), "database_url = \"sqlite://cfg.db\"\n").unwrap();
+    let mut s = Server::spawn(d.cmd(&["--config", "cfg.toml", "serve", "--listen", "127.0.0.1:0"]));
+    let hint = s.out_until("client create");
+    assert!(
+        hint.contains("authstore --config cfg.toml client create") && !hint.contains("sqlite"),
+        "{hint}"
+    );
+    s.term();
+    assert!(s.wait().0.success());
+    // memory: no other command can reach it, so no command is hinted.
+    let mut s = Server::spawn(d.cmd(&[
+        "--database-url",
+        "memory:",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    s.out_until("database: memory:");
+    assert_eq!(s.next_out(), "");
+    let note = s.next_out();
+    assert!(
+        note.contains("memory: store lives only in this process") && !note.contains("--name"),
+        "{note}"
+    );
+    s.term();
+    let (status, rest) = s.wait();
+    assert!(status.success());
+    assert!(
+        !rest
+            .iter()
+            .any(|l| l.contains("client create --name") || l.contains("curl")),
+        "{rest:#?}"
+    );
+}
+
+#[test]
+fn commands_on_memory_warn_that_nothing_is_kept() {
+    let d = Dir::new();
+    let out = d.run(&[
+        "--database-url",
+        "memory:",
+        "client",
+        "create",
+        "--name",
+        "x",
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: a memory: store") && err.contains("thrown away when it exits"),
+        "{err}"
+    );
+    let out = d.run(&["--database-url", "memory:", "client", "list"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("starts empty"), "{err}");
+    assert!(names(d.path()).is_empty());
+}
+
+#[test]
+fn refused_arguments_create_no_database() {
+    let d = Dir::new();
+    let configs = [
+        ("rate.toml", "[limits]\nclient_rate = \"fast\"\n"),
+        ("body.toml", "[limits]\nmax_body_bytes = 10\n"),
+        ("timeout.toml", "[limits]\nrequest_timeout_secs = 0\n"),
+        ("tokens.toml", "[tokens]\nrefresh_grace_secs = 3600\n"),
+    ];
+    for (name, text) in configs {
+        std::fs::write(d.file(name), text).unwrap();
+    }
+    let cases: &[(&[&str], Option<&str>, &[&str])] = &[
+        (
+            &[
+                "client",
+                "create",
+                "--name",
+                "x",
+                "--public",
+                "--grant-type",
+                "client_credentials",
+            ],
+            None,
+            &["public", "client_credentials"],
+        ),
+        (
+            &["client", "create", "--name", "x", "--auth-method", "none"],
+            None,
+            &["confidential", "client_secret_basic"],
+        ),
+        (
+            &[
+                "client",
+                "create",
+                "--name",
+                "x",
+                "--public",
+                "--redirect-uri",
+                "https://a.example/cb",
+                "--auth-method",
+                "client_secret_post",
+            ],
+            None,
+            &["public", "none"],
+        ),
+        (
+            &[
+                "client",
+                "create",
+                "--name",
+                "x",
+                "--grant-type",
+                "authorization_code",
+            ],
+            None,
+            &["redirect URI"],
+        ),
+        (&["client", "create", "--name", ""], None, &["name"]),
+        (
+            &["client", "create", "--name", "x", "--scope", "a  b"],
+            None,
+            &["scope"],
+        ),
+        (
+            &[
+                "user",
+                "create",
+                "--username",
+                "bad name",
+                "--password-stdin",
+            ],
+            Some("long enough password\n"),
+            &["username"],
+        ),
+        (
+            &[
+                "user",
+                "create",
+                "--username",
+                "bob",
+                "--email",
+                "not-an-address",
+                "--password-stdin",
+            ],
+            Some("long enough password\n"),
+            &["email"],
+        ),
+        (
+            &["user", "create", "--username", "bob", "--password-stdin"],
+            Some("short\n"),
+            &["at least 8"],
+        ),
+        (
+            &["--config", "rate.toml", "serve", "--listen", "127.0.0.1:0"],
+            None,
+            &["client_rate"],
+        ),
+        (
+            &["--config", "body.toml", "serve", "--listen", "127.0.0.1:0"],
+            None,
+            &["max_body_bytes", "1024"],
+        ),
+        (
+            &[
+                "--config",
+                "timeout.toml",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            None,
+            &["request_timeout_secs"],
+        ),
+        (
+            &["--config", "tokens.toml", "client", "create", "--name", "x"],
+            None,
+            &["refresh_grace"],
+        ),
+        (&["serve", "--listen", "::1"], None, &["port", "[::1]:8080"]),
+        (
+            &["serve", "--listen", "127.0.0.1"],
+            None,
+            &["a port is needed", "brackets"],
+        ),
+        (
+            &["serve", "--listen", "::1:8080"],
+            None,
+            &["brackets", "[::1]:8080"],
+        ),
+    ];
+    let before = names(d.path());
+    for (args, stdin, words) in cases {
+        let err = d.fails_with(args, *stdin, &[]);
+        for w in *words {
+            assert!(err.contains(w), "{args:?}: {w:?} not in {err}");
+        }
+        assert_eq!(names(d.path()), before, "{args:?} created a file");
+    }
+}
+
+#[test]
+fn read_only_commands_refuse_a_database_that_does_not_exist() {
+    let d = Dir::new();
+    let unknown = "0192f0c1-7d3e-7c4a-9f57-5a2c1e9b8d10";
+    let commands: &[&[&str]] = &[
+        &["stats"],
+        &["audit", "list"],
+        &["client", "list"],
+        &["client", "show", unknown],
+        &["user", "list"],
+        &["user", "show", "alice"],
+        &["token", "introspect", "at_x"],
+        &["cleanup", "--dry-run"],
+        // Writes to something that must exist: refused the same way.
+        &["cleanup"],
+        &["client", "update", unknown, "--name", "x"],
+        &["client", "rotate-secret", unknown],
+        &["client", "delete", unknown],
+        &["user", "disable", "alice"],
+        &["user", "enable", "alice"],
+        &["user", "delete", "alice"],
+        &[
+            "user",
+            "set-password",
+            "alice",
+            "--password",
+            "long enough password",
+        ],
+        &["token", "revoke", "rt_x"],
+    ];
+    for args in commands {
+        let err = d.fails(args);
+        assert!(
+            err.contains("./authstore.db does not exist")
+                && err.contains("authstore migrate")
+                && err.contains("authstore serve"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            names(d.path()).is_empty(),
+            "{args:?} created {:?}",
+            names(d.path())
+        );
+    }
+    // A mistyped path beside a real database: refused, naming the path and where it came
+    // from; the real one is untouched.
+    create_service(&d);
+    let before = snapshot(d.path());
+    let err = d.fails(&["--database-url", "sqlite://authstor.db", "client", "list"]);
+    assert!(
+        err.contains("authstor.db does not exist") && err.contains("--database-url"),
+        "{err}"
+    );
+    let err = d.fails_with(&["stats"], None, &[("DATABASE_URL", "sqlite:sub/x.db")]);
+    assert!(
+        err.contains("sub/x.db does not exist") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
+    assert_eq!(snapshot(d.path()), before);
+    // The commands that may create one do: `user create` here (`migrate`, `serve` and
+    // `client create` elsewhere in these tests).
+    let e = Dir::new();
+    e.ok_with(
+        &["user", "create", "--username", "alice", "--password-stdin"],
+        Some("long enough password"),
+        &[],
+    );
+    assert!(e.db().is_file());
+    assert_eq!(
+        e.json(&["user", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn keys_generate_refuses_ids_a_key_file_cannot_hold() {
+    let d = Dir::new();
+    for (id, word) in [
+        ("#new", "comment"),
+        ("a b", "whitespace"),
+        ("a\tb", "whitespace"),
+    ] {
+        let err = d.fails(&["keys", "generate", "--id", id]);
+        assert!(
+            err.contains("key id") && err.contains(word),
+            "{id:?}: {err}"
+        );
+    }
+    assert!(names(d.path()).is_empty());
+    assert!(
+        d.ok(&["keys", "generate", "--id", "k#2"])
+            .starts_with("k#2 ")
+    );
+}
+
+#[test]
+fn audit_list_shows_the_newest_and_reads_on_with_after() {
+    let d = Dir::new();
+    let c = create_service(&d);
+    let id = c["client_id"].as_str().unwrap();
+    for _ in 0..4 {
+        d.ok(&["client", "rotate-secret", id]);
+    }
+    let all = d.json(&["audit", "list", "--json"]);
+    let all = all.as_array().unwrap();
+    let ids: Vec<&str> = all.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 5);
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted, "JSON is in id order");
+    assert_eq!(all[0]["kind"], "client.created");
+    // The newest two, oldest of them first.
+    let two = d.json(&["audit", "list", "--limit", "2", "--json"]);
+    assert_eq!(two.as_array().unwrap()[..], all[3..5]);
+    let out = d.run(&["audit", "list", "--limit", "2"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains(ids[3]) && lines[1].contains(ids[4]),
+        "{text}"
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("older events match too"), "{err}");
+    // The note says how to see the older ones.
+    let until = err
+        .split("--until ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{err}"));
+    let older = d.json(&["audit", "list", "--limit", "2", "--until", until, "--json"]);
+    assert_eq!(older.as_array().unwrap()[..], all[2..4]);
+    // All of them fit: no note.
+    let out = d.run(&["audit", "list", "--limit", "5"]);
+    assert!(String::from_utf8(out.stderr).unwrap().is_empty());
+    // --after: the oldest after the cursor, and how to read on.
+    let next = d.json(&["audit", "list", "--after", ids[0], "--limit", "2", "--json"]);
+    assert_eq!(next.as_array().unwrap()[..], all[1..3]);
+    let out = d.run(&["audit", "list", "--after", ids[0], "--limit", "2"]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("more events follow") && err.contains(&format!("--after {}", ids[2])),
+        "{err}"
+    );
+    let out = d.run(&["audit", "list", "--after", ids[2], "--limit", "2"]);
+    assert!(String::from_utf8(out.stderr).unwrap().is_empty(), "the end");
+    assert_eq!(
+        d.json(&["audit", "list", "--after", ids[4], "--json"]),
+        serde_json::json!([])
+    );
+    // --json never adds to stderr, and stays an array.
+    let out = d.run(&["audit", "list", "--limit", "1", "--json"]);
+    assert!(String::from_utf8(out.stderr).unwrap().is_empty());
+    // Bad values.
+    let err = d.fails(&["audit", "list", "--after", "nope"]);
+    assert!(err.contains("audit event id"), "{err}");
+    let err = d.fails(&["audit", "list", "--until", "soon"]);
+    assert!(err.contains("--until") && err.contains("RFC 3339"), "{err}");
+    let err = d.fails(&["audit", "list", "--since", "1h", "--until", "2h"]);
+    assert!(err.contains("after --until"), "{err}");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let d = Dir::new();
+    for _ in 0..3 {
+        create_service(&d);
+    }
+    for args in [
+        &["client", "list"][..],
+        &["client", "list", "--json"][..],
+        &["audit", "list"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // Nobody reads: the first write fails with a broken pipe (as after `| head -1`).
+        drop(reader);
+        let mut c = d.cmd(args);
+        c.stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped());
+        let out = c.spawn().unwrap().wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
