@@ -160,13 +160,7 @@ fn parse_basic(value: &[u8]) -> Result<(String, Zeroizing<String>), OAuthError> 
 }
 
 fn form_decode(raw: &[u8]) -> Option<String> {
-    let plus: Vec<u8> = raw
-        .iter()
-        .map(|&b| if b == b'+' { b' ' } else { b })
-        .collect();
-    let bytes = Zeroizing::new(percent_encoding::percent_decode(&plus).collect::<Vec<u8>>());
-    let s = std::str::from_utf8(&bytes).ok()?;
-    (!s.contains('\0')).then(|| s.to_owned())
+    crate::form::decode_component(raw).ok()
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 use std::borrow::Cow;
 
 use axum::http::{HeaderMap, header};
-use percent_encoding::percent_decode;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::error::OAuthError;
 
@@ -116,18 +115,74 @@ impl FormParams {
 }
 
 fn decode(raw: &[u8]) -> Result<String, FormError> {
-    let plus: Zeroizing<Vec<u8>> = Zeroizing::new(
-        raw.iter()
-            .map(|&b| if b == b'+' { b' ' } else { b })
-            .collect(),
-    );
-    let bytes: Vec<u8> = percent_decode(&plus).collect();
-    let s =
-        String::from_utf8(bytes).map_err(|_| FormError("a parameter is not valid UTF-8".into()))?;
-    if s.contains('\0') {
-        return Err(FormError("a parameter contains a NUL character".into()));
+    decode_component(raw).map_err(|e| match e {
+        DecodeError::Utf8 => FormError("a parameter is not valid UTF-8".into()),
+        DecodeError::Nul => FormError("a parameter contains a NUL character".into()),
+    })
+}
+
+/// Why a form component could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// The decoded bytes are not UTF-8.
+    Utf8,
+    /// The decoded text holds a NUL character.
+    Nul,
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` (two
+/// hex digits, either case) the byte XX, a `%` not followed by two hex digits stays as it
+/// is (as `percent_encoding::percent_decode` does). The result must be UTF-8 without NUL.
+///
+/// One pass, one allocation (the result); a component without `+` or `%` is only checked
+/// and copied. The bytes of a refused component are wiped: it may be a secret.
+pub(crate) fn decode_component(raw: &[u8]) -> Result<String, DecodeError> {
+    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
+        let s = std::str::from_utf8(raw).map_err(|_| DecodeError::Utf8)?;
+        if s.contains('\0') {
+            return Err(DecodeError::Nul);
+        }
+        return Ok(s.to_owned());
     }
-    Ok(s)
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                raw.get(i + 1).and_then(|&h| hex(h)),
+                raw.get(i + 2).and_then(|&l| hex(l)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    let refuse = |mut bytes: Vec<u8>, e| {
+        bytes.zeroize();
+        Err(e)
+    };
+    if out.contains(&0) {
+        return refuse(out, DecodeError::Nul);
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Ok(s),
+        Err(e) => refuse(e.into_bytes(), DecodeError::Utf8),
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -162,5 +217,61 @@ mod tests {
         assert!(json.is_err());
         assert!(format!("{:?}", form("client_secret=hunter2").unwrap()).contains("client_secret"));
         assert!(!format!("{:?}", form("client_secret=hunter2").unwrap()).contains("hunter2"));
+    }
+
+    /// The one-pass decoder gives what `+` → space then `percent_decode` gives, on every
+    /// tricky shape: lone and truncated `%`, bad hex digits, both cases, multi-byte UTF-8.
+    #[test]
+    fn decode_component_matches_percent_decode() {
+        let reference = |raw: &[u8]| -> Result<String, DecodeError> {
+            let plus: Vec<u8> = raw
+                .iter()
+                .map(|&b| if b == b'+' { b' ' } else { b })
+                .collect();
+            let bytes: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
+            let s = String::from_utf8(bytes).map_err(|_| DecodeError::Utf8)?;
+            if s.contains('\0') {
+                return Err(DecodeError::Nul);
+            }
+            Ok(s)
+        };
+        let cases: &[&[u8]] = &[
+            b"",
+            b"plain",
+            b"a+b",
+            b"a%20b",
+            b"%",
+            b"%2",
+            b"%%41",
+            b"%4g",
+            b"%G1",
+            b"100%",
+            b"%41%42%4a%4A",
+            b"caf%C3%A9",
+            b"%E2%82",
+            b"%FF",
+            b"\xff",
+            b"a%00b",
+            b"a\0b",
+            b"++%2B+",
+            b"%+41",
+            b"x%2",
+        ];
+        for raw in cases {
+            assert_eq!(
+                decode_component(raw),
+                reference(raw),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // Every two-byte tail after a %, exhaustively over a small alphabet.
+        let alphabet = b"0aF%g+\x80";
+        for &x in alphabet {
+            for &y in alphabet {
+                let raw = [b'a', b'%', x, y, b'z'];
+                assert_eq!(decode_component(&raw), reference(&raw), "{raw:?}");
+            }
+        }
     }
 }

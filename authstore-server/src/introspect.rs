@@ -7,15 +7,18 @@
 //! other token it gets `{"active": false}`, so introspection cannot be used to probe other
 //! clients' tokens.
 
-use authstore_core::{AccessToken, ClientId, Error as CoreError, RefreshToken, SenderConstraint};
+use authstore_core::{
+    AccessToken, ClientId, Error as CoreError, RefreshToken, Scopes, SenderConstraint,
+};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 
 use crate::client_auth::{Public, authenticate};
 use crate::error::{OAuthError, no_store};
@@ -65,17 +68,29 @@ async fn handle(
             None => find_refresh(state, token).await?,
         }
     };
-    let body = match found {
-        Some(f) if visible_to(&f, client.id) => details(state, &f),
-        _ => json!({ "active": false }),
+    let active = match &found {
+        Some(f) if visible_to(f, client.id) => Some(f),
+        _ => None,
     };
-    let active = body["active"] == true;
-    metrics::token_validated(active);
-    tracing::debug!(client_id = %client.id, active, "token introspected");
-    let mut resp = axum::Json(body).into_response();
+    metrics::token_validated(active.is_some());
+    tracing::debug!(client_id = %client.id, active = active.is_some(), "token introspected");
+    let mut resp = match active {
+        Some(f) => axum::Json(details(state, f)).into_response(),
+        None => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            INACTIVE,
+        )
+            .into_response(),
+    };
     no_store(&mut resp);
     Ok(resp)
 }
+
+/// The answer for every token that is not active (or not the caller's to see).
+const INACTIVE: &str = r#"{"active":false}"#;
 
 /// An active access token, `None` for anything else; a store failure is an error.
 async fn find_access(state: &AppState, token: &str) -> Result<Option<Found>, OAuthError> {
@@ -103,61 +118,83 @@ fn visible_to(found: &Found, caller: ClientId) -> bool {
     }
 }
 
-fn details(state: &AppState, found: &Found) -> Value {
-    let mut m = Map::new();
-    m.insert("active".into(), Value::Bool(true));
-    match found {
-        Found::Access(t) => {
-            m.insert("scope".into(), t.scope.to_string().into());
-            m.insert("client_id".into(), t.client_id.to_string().into());
-            if let Some(s) = &t.subject {
-                m.insert("sub".into(), s.as_str().into());
-            }
-            m.insert("exp".into(), t.expires_at.as_unix_seconds().into());
-            m.insert("iat".into(), t.issued_at.as_unix_seconds().into());
-            let token_type = match t.cnf {
-                Some(SenderConstraint::DpopJkt(_)) => "DPoP",
-                _ => "Bearer",
-            };
-            m.insert("token_type".into(), token_type.into());
-            if !t.audience.is_empty() {
-                m.insert("aud".into(), t.audience.clone().into());
-            }
-            if let Some(c) = &t.cnf {
-                m.insert("cnf".into(), cnf(c));
-            }
-            if let Some(acr) = &t.auth.acr {
-                m.insert("acr".into(), acr.as_str().into());
-            }
-            if !t.auth.amr.is_empty() {
-                m.insert("amr".into(), t.auth.amr.clone().into());
-            }
-        }
-        Found::Refresh(t) => {
-            m.insert("scope".into(), t.scope.to_string().into());
-            m.insert("client_id".into(), t.client_id.to_string().into());
-            if let Some(s) = &t.subject {
-                m.insert("sub".into(), s.as_str().into());
-            }
-            // The token dies at whichever comes first: its family's end or its idle expiry.
-            let exp = t.expires_at.min(t.idle_expires_at);
-            m.insert("exp".into(), exp.as_unix_seconds().into());
-            m.insert("iat".into(), t.issued_at.as_unix_seconds().into());
-            m.insert("token_type".into(), "refresh_token".into());
-            if let Some(c) = &t.cnf {
-                m.insert("cnf".into(), cnf(c));
-            }
-        }
-    }
-    m.insert("iss".into(), state.config.issuer_str().into());
-    Value::Object(m)
+/// The RFC 7662 answer for an active token, serialised straight from the records (no
+/// intermediate JSON tree). Fields in alphabetical order, absent ones skipped: the same
+/// bytes a sorted `serde_json::Map` gives.
+#[derive(Serialize)]
+struct Active<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acr: Option<&'a str>,
+    active: bool,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    amr: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    aud: &'a [String],
+    #[serde(serialize_with = "display")]
+    client_id: &'a ClientId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<Cnf<'a>>,
+    exp: i64,
+    iat: i64,
+    iss: &'a str,
+    #[serde(serialize_with = "display")]
+    scope: &'a Scopes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
+    token_type: &'static str,
+}
+
+/// A value written through its `Display` (no intermediate `String`).
+fn display<T: std::fmt::Display, S: Serializer>(v: &&T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(*v)
 }
 
 /// RFC 7800 confirmation: `{"jkt": ..}` (RFC 9449) or `{"x5t#S256": ..}` (RFC 8705).
-fn cnf(c: &SenderConstraint) -> Value {
-    let mut m = Map::new();
-    m.insert(c.kind().into(), c.value().into());
-    Value::Object(m)
+struct Cnf<'a>(&'a SenderConstraint);
+
+impl Serialize for Cnf<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(self.0.kind(), self.0.value())?;
+        m.end()
+    }
+}
+
+fn details<'a>(state: &'a AppState, found: &'a Found) -> Active<'a> {
+    match found {
+        Found::Access(t) => Active {
+            acr: t.auth.acr.as_deref(),
+            active: true,
+            amr: &t.auth.amr,
+            aud: &t.audience,
+            client_id: &t.client_id,
+            cnf: t.cnf.as_ref().map(Cnf),
+            exp: t.expires_at.as_unix_seconds(),
+            iat: t.issued_at.as_unix_seconds(),
+            iss: state.config.issuer_str(),
+            scope: &t.scope,
+            sub: t.subject.as_ref().map(|s| s.as_str()),
+            token_type: match t.cnf {
+                Some(SenderConstraint::DpopJkt(_)) => "DPoP",
+                _ => "Bearer",
+            },
+        },
+        Found::Refresh(t) => Active {
+            acr: None,
+            active: true,
+            amr: &[],
+            aud: &[],
+            client_id: &t.client_id,
+            cnf: t.cnf.as_ref().map(Cnf),
+            // The token dies at whichever comes first: its family's end or its idle expiry.
+            exp: t.expires_at.min(t.idle_expires_at).as_unix_seconds(),
+            iat: t.issued_at.as_unix_seconds(),
+            iss: state.config.issuer_str(),
+            scope: &t.scope,
+            sub: t.subject.as_ref().map(|s| s.as_str()),
+            token_type: "refresh_token",
+        },
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +208,42 @@ mod tests {
     use crate::paths::INTROSPECT;
     use crate::testing::{START, TestServer, basic};
     use crate::token::test_support::*;
+
+    /// The answers are JSON with the fields in alphabetical order (the order a sorted map
+    /// gave before they were serialised straight from the records), byte for byte.
+    #[tokio::test]
+    async fn answers_are_exact_json() {
+        let t = TestServer::new();
+        let c = confidential(&t, M::ClientSecretBasic).await;
+        let r = redeem(&t, &c, &code(&t, c.id, None).await, None).await;
+        let at = field(&r, "access_token");
+        let now = START.as_unix_seconds();
+        let r = post_as(&t, INTROSPECT, &c, &format!("token={at}")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        assert_eq!(r.header("pragma"), Some("no-cache"));
+        assert_eq!(
+            r.body,
+            format!(
+                r#"{{"acr":"urn:example:loa:2","active":true,"amr":["pwd","otp"],"client_id":"{id}","exp":{exp},"iat":{now},"iss":"http://127.0.0.1:8080","scope":"read write","sub":"{SUBJECT}","token_type":"Bearer"}}"#,
+                id = c.id_str(),
+                exp = now + 3600,
+            )
+        );
+        for token in ["at_unknown", "", "not a token"] {
+            let r = post_as(&t, INTROSPECT, &c, &format!("token={}", enc(token))).await;
+            if token.is_empty() {
+                assert_eq!(r.status, 400, "{}", r.body);
+                continue;
+            }
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            assert_eq!(r.header("cache-control"), Some("no-store"));
+            assert_eq!(r.header("pragma"), Some("no-cache"));
+            assert_eq!(r.body, r#"{"active":false}"#);
+        }
+    }
 
     #[tokio::test]
     async fn own_token_details() {

@@ -20,6 +20,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::state::AppState;
@@ -51,11 +52,7 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
 
 /// Middleware: counts each request and its latency by route template (never by URI).
 pub(crate) async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = route_label(req.extensions().get::<MatchedPath>().map(|p| p.as_str()));
     // Standard methods only: a client can invent any method name, and each would be a new
     // series kept forever.
     let method: &'static str = match req.method().as_str() {
@@ -70,12 +67,65 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
     };
     let start = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
+    let status = status_label(resp.status());
     metrics::histogram!("authstore_http_request_duration_seconds", "route" => route.clone())
         .record(start.elapsed().as_secs_f64());
     metrics::counter!("authstore_http_requests_total", "route" => route, "method" => method, "status" => status)
         .increment(1);
     resp
+}
+
+/// The `route` label: the route template, borrowed (no allocation per request) for the
+/// server's own routes.
+fn route_label(matched: Option<&str>) -> SharedString {
+    use crate::paths::*;
+    const KNOWN: [&str; 12] = [
+        METADATA,
+        AUTHORIZE,
+        LOGIN,
+        LOGIN_OTP,
+        CONSENT,
+        TOKEN,
+        INTROSPECT,
+        REVOKE,
+        HEALTHZ,
+        READYZ,
+        METRICS,
+        "unmatched",
+    ];
+    let route = matched.unwrap_or("unmatched");
+    match KNOWN.iter().find(|k| **k == route) {
+        Some(k) => SharedString::const_str(k),
+        None => SharedString::from(route.to_owned()),
+    }
+}
+
+/// The `status` label, borrowed for the statuses the server answers with.
+fn status_label(status: StatusCode) -> SharedString {
+    const KNOWN: [(u16, &str); 17] = [
+        (200, "200"),
+        (204, "204"),
+        (302, "302"),
+        (303, "303"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (413, "413"),
+        (415, "415"),
+        (429, "429"),
+        (431, "431"),
+        (500, "500"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    let code = status.as_u16();
+    match KNOWN.iter().find(|(c, _)| *c == code) {
+        Some((_, s)) => SharedString::const_str(s),
+        None => SharedString::from(code.to_string()),
+    }
 }
 
 /// `GET /metrics`: to loopback peers only, unless `metrics_allow_remote` (the page tells
@@ -163,6 +213,29 @@ mod tests {
     use axum::http::{Method, Request, StatusCode};
     use std::net::SocketAddr;
     use tower::ServiceExt;
+
+    /// Labels: the server's own routes and statuses come from static strings; anything
+    /// else is still labelled with its own value.
+    #[test]
+    fn route_and_status_labels() {
+        use axum::http::StatusCode;
+        for (matched, label) in [
+            (Some("/token"), "/token"),
+            (Some("/introspect"), "/introspect"),
+            (Some("/authorize/login/otp"), "/authorize/login/otp"),
+            (None, "unmatched"),
+            (
+                Some("/.well-known/oauth-authorization-server/{*issuer_path}"),
+                "/.well-known/oauth-authorization-server/{*issuer_path}",
+            ),
+        ] {
+            assert_eq!(&*super::route_label(matched), label);
+        }
+        for code in [200, 302, 401, 404, 408, 413, 418, 429, 431, 500, 503, 599] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(&*super::status_label(status), code.to_string());
+        }
+    }
 
     #[tokio::test]
     async fn methods_are_bounded_and_remote_peers_get_nothing() {
