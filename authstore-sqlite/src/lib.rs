@@ -195,6 +195,9 @@ pub(crate) struct Inner {
     /// SQLite's schema cookie (`PRAGMA schema_version`) when `schema_version` was read: any
     /// DDL changes it, so a write that sees another value re-reads the migration version.
     schema_cookie: AtomicI64,
+    /// Token issues waiting for the writer: whoever holds the writer gate commits them
+    /// together (group commit; see [`Inner::issue_queued`]).
+    pending: Mutex<Vec<stores::PendingIssue>>,
 }
 
 impl SqliteStore {
@@ -241,6 +244,7 @@ impl SqliteStore {
                 next_reader: AtomicUsize::new(0),
                 schema_version: AtomicI64::new(found),
                 schema_cookie: AtomicI64::new(cookie),
+                pending: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -348,6 +352,35 @@ impl SqliteStore {
             .await
     }
 }
+
+/// Answers every item of a batch that failed as a whole: the first caller gets `e`, the
+/// others an error of the same kind (temporary or not) with the same text.
+fn answer_all(batch: Vec<stores::PendingIssue>, e: Error) {
+    let temporary = e.is_temporary();
+    let text = e.to_string();
+    let mut first = Some(e);
+    for item in batch {
+        let err = first
+            .take()
+            .unwrap_or_else(|| Error::backend(BACKEND, temporary, SharedFailure(text.clone())));
+        item.answer(Err(err));
+    }
+}
+
+/// The error of a batch shared by every caller in it.
+#[derive(Debug)]
+struct SharedFailure(String);
+
+impl fmt::Display for SharedFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the token issuing batch failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SharedFailure {}
+
+/// Most token issues one group commit writes in one transaction.
+const MAX_ISSUE_BATCH: usize = 256;
 
 /// Proof that the caller holds the writer gate.
 pub(crate) enum Gate<'a> {
@@ -611,6 +644,101 @@ impl Inner {
         self.ready()?;
         let permit = self.gate.acquire().await.map_err(gate_closed)?;
         self.write_gated(&Gate::Borrowed(permit), f)
+    }
+
+    /// Group commit of token issuance: queues `item`, then either finds it answered by a
+    /// batch another caller committed, or takes the writer gate and commits what is queued
+    /// (its own item included, at most [`MAX_ISSUE_BATCH`] per transaction) — as often as
+    /// it takes for its own item to be done. Each item runs under its own savepoint, so it
+    /// gets exactly the answer it would get alone; one commit (one fsync) serves them all.
+    ///
+    /// A caller cancelled while its item is queued leaves the item to the next batch: the
+    /// tokens are stored and never handed out, like an answer lost after a commit.
+    pub(crate) async fn issue_queued(&self, mut item: stores::PendingIssue) -> Result<()> {
+        self.ready()?;
+        let mut done = item.take_receiver();
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(item);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut done => {
+                    return r.unwrap_or_else(|_| {
+                        Err(Error::backend(
+                            BACKEND,
+                            true,
+                            SharedFailure(
+                                "the issuing batch ended without an answer: the tokens may or \
+                                 may not be stored"
+                                    .into(),
+                            ),
+                        ))
+                    });
+                }
+                permit = self.gate.acquire() => {
+                    let permit = permit.map_err(gate_closed)?;
+                    let batch: Vec<stores::PendingIssue> = {
+                        let mut q = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                        let n = q.len().min(MAX_ISSUE_BATCH);
+                        q.drain(..n).collect()
+                    };
+                    if !batch.is_empty() {
+                        self.commit_issues(&Gate::Borrowed(permit), batch);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `batch` in one transaction, each item under a savepoint, and answers each.
+    fn commit_issues(&self, _gate: &Gate<'_>, batch: Vec<stores::PendingIssue>) {
+        if let Err(e) = self.ready() {
+            answer_all(batch, e);
+            return;
+        }
+        let mut conn = self.writer();
+        if let [item] = batch.as_slice() {
+            // Alone: the plain transaction, no savepoint.
+            let r = write_tx(&mut conn, |tx| {
+                self.recheck_schema(tx)?;
+                stores::issue_one(tx, &item.issue, &item.audit)
+            })
+            .map_err(Error::from);
+            drop(conn);
+            if let Some(item) = batch.into_iter().next() {
+                item.answer(r);
+            }
+            return;
+        }
+        let mut outcomes: Vec<Option<Error>> = Vec::with_capacity(batch.len());
+        let committed = (|| -> R<()> {
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.recheck_schema(&tx)?;
+            for item in &batch {
+                let sp = tx.savepoint()?;
+                match stores::issue_one(&sp, &item.issue, &item.audit) {
+                    Ok(()) => {
+                        sp.commit()?;
+                        outcomes.push(None);
+                    }
+                    // Dropping the savepoint rolls this item back; the others stay.
+                    Err(e) => outcomes.push(Some(Error::from(e))),
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match committed {
+            Ok(()) => {
+                for (item, outcome) in batch.into_iter().zip(outcomes) {
+                    item.answer(outcome.map_or(Ok(()), Err));
+                }
+            }
+            // Nothing of the batch is stored; every caller gets the transaction's error.
+            Err(e) => answer_all(batch, Error::from(e)),
+        }
     }
 
     /// Takes the writer gate from a blocking thread (or a caller without a runtime).

@@ -20,6 +20,68 @@ use crate::rows::{
 };
 use crate::{BACKEND, SqliteStore};
 
+/// One token issue waiting for a group commit, and where its answer goes.
+pub(crate) struct PendingIssue {
+    pub(crate) issue: TokenIssue,
+    pub(crate) audit: AuditEvent,
+    reply: Option<tokio::sync::oneshot::Sender<Result<()>>>,
+    receiver: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
+}
+
+impl PendingIssue {
+    pub(crate) fn new(issue: TokenIssue, audit: AuditEvent) -> Self {
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        Self {
+            issue,
+            audit,
+            reply: Some(reply),
+            receiver: Some(receiver),
+        }
+    }
+
+    /// The receiving end, taken once by the caller before the item is queued.
+    pub(crate) fn take_receiver(&mut self) -> tokio::sync::oneshot::Receiver<Result<()>> {
+        match self.receiver.take() {
+            Some(r) => r,
+            // Taken twice is a bug of this module; an already-closed channel makes the
+            // caller see "no answer" rather than hang.
+            None => tokio::sync::oneshot::channel().1,
+        }
+    }
+
+    /// Sends the outcome (a caller that went away does not care).
+    pub(crate) fn answer(mut self, r: Result<()>) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+/// One token issue inside a write transaction (or savepoint): the grant first when new,
+/// then the live-grant check, the tokens and the audit event.
+pub(crate) fn issue_one(tx: &Connection, issue: &TokenIssue, audit: &AuditEvent) -> R<()> {
+    if let Some(g) = &issue.new_grant {
+        same_grant(issue.grant_id, g.id)?;
+        if !insert_grant_if_client_active(tx, g)? {
+            return Err(Error::Inactive { kind: "grant" }.into());
+        }
+    }
+    let Some(client) = live_grant_client(tx, issue.grant_id)? else {
+        return Err(Error::Inactive { kind: "grant" }.into());
+    };
+    if let Some((hash, t)) = &issue.access {
+        same_grant(issue.grant_id, t.grant_id)?;
+        same_client(client, t.client_id)?;
+        insert_access(tx, hash, t)?;
+    }
+    if let Some((hash, t)) = &issue.refresh {
+        same_grant(issue.grant_id, t.grant_id)?;
+        same_client(client, t.client_id)?;
+        insert_refresh(tx, hash, t)?;
+    }
+    insert_audit(tx, audit)
+}
+
 /// Raw bytes of ids and hashes, as stored.
 pub(crate) trait Bytes {
     fn b(&self) -> &[u8];
@@ -605,28 +667,7 @@ impl GrantStore for SqliteStore {
 
     async fn issue_tokens(&self, issue: &TokenIssue, audit: AuditEvent) -> Result<()> {
         self.inner
-            .write(|tx| {
-                if let Some(g) = &issue.new_grant {
-                    same_grant(issue.grant_id, g.id)?;
-                    if !insert_grant_if_client_active(tx, g)? {
-                        return Err(Error::Inactive { kind: "grant" }.into());
-                    }
-                }
-                let Some(client) = live_grant_client(tx, issue.grant_id)? else {
-                    return Err(Error::Inactive { kind: "grant" }.into());
-                };
-                if let Some((hash, t)) = &issue.access {
-                    same_grant(issue.grant_id, t.grant_id)?;
-                    same_client(client, t.client_id)?;
-                    insert_access(tx, hash, t)?;
-                }
-                if let Some((hash, t)) = &issue.refresh {
-                    same_grant(issue.grant_id, t.grant_id)?;
-                    same_client(client, t.client_id)?;
-                    insert_refresh(tx, hash, t)?;
-                }
-                insert_audit(tx, &audit)
-            })
+            .issue_queued(PendingIssue::new(issue.clone(), audit))
             .await
     }
 
