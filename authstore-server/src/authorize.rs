@@ -2235,6 +2235,10 @@ mod tests {
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
+        // A second registered dispatcher makes tracing-core ask every registered one for a
+        // callsite's interest instead of caching the answer of whichever thread hit it first
+        // (a parallel test without a subscriber would otherwise cache "never").
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
         let _guard = tracing::subscriber::set_default(subscriber);
 
         let srv = TestServer::new();
