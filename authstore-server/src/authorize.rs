@@ -830,6 +830,37 @@ async fn authorize(State(app): State<AppState>, headers: HeaderMap, uri: Uri) ->
     with_cookies(resp, [set_csrf])
 }
 
+/// The checks every credential form (password, second factor) passes first: CSRF (a forged
+/// form changes nothing and costs no credential check), then the per-address login limit
+/// (a code guess is a credential attempt like a password).
+// The error is the page to answer with, built only when refusing: its size costs nothing.
+#[allow(clippy::result_large_err)]
+fn check_credential_form<'f>(
+    app: &AppState,
+    freq: &'f FormRequest,
+) -> Result<Checked<'f>, Response> {
+    let checked = check_form(app, freq).ok_or_else(pages::csrf_failed)?;
+    if let Err(secs) = app.limits.check_login(freq.peer) {
+        metrics::login("rate_limited");
+        return Err(pages::too_many(secs));
+    }
+    Ok(checked)
+}
+
+/// The pending request behind a form, and its client, provided the browser can still be
+/// sent back to the request's redirect URI.
+async fn returnable_request(
+    app: &AppState,
+    handle: &str,
+) -> Result<(AuthorizationSession, Client), Response> {
+    let session = pending(app, handle).await?;
+    let client = client_for_page(app, session.client_id).await?;
+    if !returnable(&client, &session) {
+        return Err(not_returnable(app, handle).await);
+    }
+    Ok((session, client))
+}
+
 // ----- POST /authorize/login -------------------------------------------------------------
 
 async fn login(State(app): State<AppState>, req: Request) -> Response {
@@ -837,13 +868,12 @@ async fn login(State(app): State<AppState>, req: Request) -> Response {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    // CSRF first: a forged form changes nothing and costs no password check.
-    let Some(Checked {
+    let Checked {
         handle,
         csrf_cookie,
-    }) = check_form(&app, &freq)
-    else {
-        return pages::csrf_failed();
+    } = match check_credential_form(&app, &freq) {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     let FormRequest {
         headers,
@@ -851,21 +881,10 @@ async fn login(State(app): State<AppState>, req: Request) -> Response {
         form,
     } = &freq;
     let ip = *ip;
-    if let Err(secs) = app.limits.check_login(ip) {
-        metrics::login("rate_limited");
-        return pages::too_many(secs);
-    }
-    let session = match pending(&app, handle).await {
-        Ok(s) => s,
+    let (session, client) = match returnable_request(&app, handle).await {
+        Ok(x) => x,
         Err(resp) => return resp,
     };
-    let client = match client_for_page(&app, session.client_id).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    if !returnable(&client, &session) {
-        return not_returnable(&app, handle).await;
-    }
     let flow = Flow {
         app: &app,
         handle,
@@ -924,12 +943,12 @@ async fn login_otp(State(app): State<AppState>, req: Request) -> Response {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let Some(Checked {
+    let Checked {
         handle,
         csrf_cookie,
-    }) = check_form(&app, &freq)
-    else {
-        return pages::csrf_failed();
+    } = match check_credential_form(&app, &freq) {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     let FormRequest {
         headers,
@@ -937,11 +956,6 @@ async fn login_otp(State(app): State<AppState>, req: Request) -> Response {
         form,
     } = &freq;
     let ip = *ip;
-    // A code guess is a credential attempt like a password: the same per-address limit.
-    if let Err(secs) = app.limits.check_login(ip) {
-        metrics::login("rate_limited");
-        return pages::too_many(secs);
-    }
     let Some(ticket) = form.get("ticket") else {
         return pages::bad_ticket();
     };
@@ -951,17 +965,10 @@ async fn login_otp(State(app): State<AppState>, req: Request) -> Response {
         Err(TicketError::Invalid) => return pages::bad_ticket(),
         Err(TicketError::Expired) => return pages::expired(),
     };
-    let session = match pending(&app, handle).await {
-        Ok(s) => s,
+    let (session, client) = match returnable_request(&app, handle).await {
+        Ok(x) => x,
         Err(resp) => return resp,
     };
-    let client = match client_for_page(&app, session.client_id).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    if !returnable(&client, &session) {
-        return not_returnable(&app, handle).await;
-    }
     let flow = Flow {
         app: &app,
         handle,
