@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -111,14 +112,17 @@ pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<()>
 /// 1 to 255 bytes, no control characters.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Subject(String);
+// Shared, not copied: every token record returned by validation carries its subject, and a
+// clone is then a reference-count increment instead of an allocation (memory validation's
+// hot path clones the record).
+pub struct Subject(Arc<str>);
 
 impl Subject {
     /// Validates a subject.
     pub fn new(s: impl Into<String>) -> Result<Self> {
         let s = s.into();
         check_text("subject", &s, 255)?;
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 
     /// The subject as text.
@@ -128,7 +132,7 @@ impl Subject {
 
     /// A subject known valid by construction (a UUID's text).
     pub(crate) fn from_trusted(s: String) -> Self {
-        Self(s)
+        Self(s.into())
     }
 }
 
@@ -153,7 +157,7 @@ impl TryFrom<String> for Subject {
 
 impl From<Subject> for String {
     fn from(s: Subject) -> String {
-        s.0
+        s.0.to_string()
     }
 }
 
@@ -204,8 +208,11 @@ impl fmt::Debug for Scope {
 }
 
 /// A validated set of scopes, written space-separated.
+///
+/// The set is immutable once built and shared between clones (an `Arc`), so copying a token
+/// record costs a reference-count increment, not one allocation per scope.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Scopes(BTreeSet<Scope>);
+pub struct Scopes(Arc<BTreeSet<Scope>>);
 
 /// The most scope tokens one set may hold.
 pub const MAX_SCOPES: usize = 256;
@@ -235,7 +242,7 @@ impl Scopes {
                 format!("more than {MAX_SCOPES} scope tokens"),
             ));
         }
-        Ok(Self(set))
+        Ok(Self(Arc::new(set)))
     }
 
     /// Builds a set from scope tokens.
@@ -250,7 +257,7 @@ impl Scopes {
                 format!("more than {MAX_SCOPES} scope tokens"),
             ));
         }
-        Ok(Self(set))
+        Ok(Self(Arc::new(set)))
     }
 
     /// Whether every scope here is also in `other`.
@@ -280,7 +287,7 @@ impl Scopes {
 
     /// The union of two sets.
     pub fn union(&self, other: &Scopes) -> Scopes {
-        Scopes(self.0.union(&other.0).cloned().collect())
+        Scopes(Arc::new(self.0.union(&other.0).cloned().collect()))
     }
 }
 

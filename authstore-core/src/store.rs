@@ -591,11 +591,7 @@ impl Authstore {
         match self.config.token_format.check(kind, presented)? {
             Presented::Minted => Ok(()),
             Presented::Foreign if self.config.accept_foreign_tokens => Ok(()),
-            Presented::Foreign => Err(Error::MalformedToken {
-                kind: kind.name(),
-                reason: "not minted by this deployment (enable Config::accept_foreign_tokens to \
-                         look up tokens minted elsewhere)",
-            }),
+            Presented::Foreign => Err(foreign_refused(kind)),
         }
     }
 
@@ -1078,6 +1074,32 @@ impl Authstore {
     ) -> Result<IssuedTokens> {
         options.validate()?;
         let client = self.active_client(client_id).await?;
+        self.issue_client_credentials_for(&client, scope, options)
+            .await
+    }
+
+    /// [`issue_client_credentials`](Self::issue_client_credentials) for a client record
+    /// just read, typically the one [`verify_client_secret`](Self::verify_client_secret)
+    /// returned when the token endpoint authenticated it: one read fewer per token.
+    ///
+    /// The record's grant types, type and scopes are checked as
+    /// `issue_client_credentials` checks them; the write itself still refuses a client that
+    /// was deleted or disabled since it was read (the new grant is inserted only if its
+    /// client exists and is enabled, in the same statement), so a stale record cannot
+    /// revive a client.
+    pub async fn issue_client_credentials_for(
+        &self,
+        client: &Client,
+        scope: Option<&Scopes>,
+        options: &TokenOptions,
+    ) -> Result<IssuedTokens> {
+        options.validate()?;
+        if client.disabled {
+            return Err(Error::UnauthorizedClient {
+                reason: format!("client {} is disabled", client.id),
+            });
+        }
+        let client_id = client.id;
         if !client.allows_grant(GrantType::ClientCredentials)
             || client.client_type != ClientType::Confidential
         {
@@ -1103,7 +1125,7 @@ impl Authstore {
             revoked_at: None,
         };
         self.issue_into(
-            &client,
+            client,
             &grant,
             Some(grant.clone()),
             scope,
@@ -1124,15 +1146,28 @@ impl Authstore {
     /// [`Error::MalformedToken`] (no lookup) for strings that cannot be our tokens,
     /// [`Error::Inactive`] for unknown, expired or revoked ones.
     pub async fn validate_access_token(&self, token: &str) -> Result<AccessToken> {
+        let kind = TokenKind::AccessToken;
+        // Length, characters and prefix before the lookup; the checksum only on a miss (see
+        // `TokenFormat::check_shape`): a found token was checked in full when it was stored,
+        // and the answers are those of checking first.
+        let presented = self.config.token_format.check_shape(kind, token)?;
+        if presented == Presented::Foreign && !self.config.accept_foreign_tokens {
+            return Err(foreign_refused(kind));
+        }
         let now = self.now();
-        for h in self.candidates(TokenKind::AccessToken, token)? {
+        let active = self.keys.hash(token);
+        if let Some(t) = self.backend.find_access_token(&active, now).await? {
+            return Ok(t);
+        }
+        for h in self.keys.older_hashes(token) {
             if let Some(t) = self.backend.find_access_token(&h, now).await? {
                 return Ok(t);
             }
         }
-        Err(Error::Inactive {
-            kind: TokenKind::AccessToken.name(),
-        })
+        if presented == Presented::Minted {
+            self.config.token_format.check_checksum(kind, token)?;
+        }
+        Err(Error::Inactive { kind: kind.name() })
     }
 
     /// Introspects a refresh token (RFC 7662): the record if it is usable now (unexpired,
@@ -2001,6 +2036,15 @@ fn token_type(cnf: &Option<SenderConstraint>) -> &'static str {
     match cnf {
         Some(SenderConstraint::DpopJkt(_)) => "DPoP",
         _ => "Bearer",
+    }
+}
+
+/// The answer to a string that is not our token while foreign tokens are not accepted.
+fn foreign_refused(kind: TokenKind) -> Error {
+    Error::MalformedToken {
+        kind: kind.name(),
+        reason: "not minted by this deployment (enable Config::accept_foreign_tokens to look \
+                 up tokens minted elsewhere)",
     }
 }
 

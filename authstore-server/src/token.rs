@@ -127,7 +127,7 @@ async fn handle(
             let scope = parse_scope(&form)?;
             state
                 .store
-                .issue_client_credentials(client.id, scope.as_ref(), &options)
+                .issue_client_credentials_for(&client, scope.as_ref(), &options)
                 .await
         }
         GrantKind::RefreshToken => {

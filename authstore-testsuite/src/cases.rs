@@ -420,6 +420,51 @@ pub async fn client_credentials(h: Harness) {
     assert_eq!(v3.audience, opts.audience);
     assert_eq!(v3.cnf, opts.cnf);
     assert_eq!(v3.claims, opts.claims);
+
+    // With the record the token endpoint authenticated: the same checks, one read fewer.
+    let plain = TokenOptions::default();
+    let (c2, secret2) = service_client(&s, "read").await;
+    let authed = s
+        .verify_client_secret(c2.id, secret2.secret())
+        .await
+        .unwrap();
+    let t4 = s
+        .issue_client_credentials_for(&authed, None, &plain)
+        .await
+        .unwrap();
+    let v4 = s
+        .validate_access_token(t4.access_token.secret())
+        .await
+        .unwrap();
+    assert_eq!((v4.client_id, v4.scope), (c2.id, scopes("read")));
+    assert!(matches!(
+        s.issue_client_credentials_for(&authed, Some(&scopes("read write")), &plain)
+            .await,
+        Err(Error::InvalidScope { .. })
+    ));
+    let web = s.client(w.id).await.unwrap();
+    assert!(matches!(
+        s.issue_client_credentials_for(&web, None, &plain).await,
+        Err(Error::UnauthorizedClient { .. })
+    ));
+    // A record read before its client was disabled, or deleted, issues nothing: the write
+    // checks the client itself.
+    s.disable_client(c2.id).await.unwrap();
+    let before = s.stats().await.unwrap();
+    assert!(
+        s.issue_client_credentials_for(&authed, None, &plain)
+            .await
+            .is_err()
+    );
+    assert_eq!(s.stats().await.unwrap(), before);
+    s.delete_client(c2.id).await.unwrap();
+    let before = s.stats().await.unwrap();
+    assert!(
+        s.issue_client_credentials_for(&authed, None, &plain)
+            .await
+            .is_err()
+    );
+    assert_eq!(s.stats().await.unwrap(), before);
 }
 
 /// Access tokens expire exactly at `expires_at`.
