@@ -714,17 +714,28 @@ impl Inner {
         }
         let mut outcomes: Vec<Option<Error>> = Vec::with_capacity(batch.len());
         let committed = (|| -> R<()> {
-            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             self.recheck_schema(&tx)?;
+            // The savepoint statements are prepared once and cached: `Transaction::savepoint`
+            // parses `SAVEPOINT`/`RELEASE` again for every item (9 % of the writer's
+            // instructions per issued token in a callgrind profile of the token endpoint).
+            let step = |sql: &str| -> R<()> {
+                tx.prepare_cached(sql)?.execute([])?;
+                Ok(())
+            };
             for item in &batch {
-                let sp = tx.savepoint()?;
-                match stores::issue_one(&sp, &item.issue, &item.audit) {
+                step("SAVEPOINT issue")?;
+                match stores::issue_one(&tx, &item.issue, &item.audit) {
                     Ok(()) => {
-                        sp.commit()?;
+                        step("RELEASE issue")?;
                         outcomes.push(None);
                     }
-                    // Dropping the savepoint rolls this item back; the others stay.
-                    Err(e) => outcomes.push(Some(Error::from(e))),
+                    // Only this item's writes are undone; the others stay.
+                    Err(e) => {
+                        step("ROLLBACK TO issue")?;
+                        step("RELEASE issue")?;
+                        outcomes.push(Some(Error::from(e)));
+                    }
                 }
             }
             tx.commit()?;
