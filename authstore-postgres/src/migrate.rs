@@ -30,10 +30,15 @@ static MIGRATIONS: &[Migration] = &[
         name: "key_checks",
         sql: include_str!("../migrations/0004_key_checks.sql"),
     },
+    Migration {
+        version: 5,
+        name: "token_client_keys",
+        sql: include_str!("../migrations/0005_token_client_keys.sql"),
+    },
 ];
 
 /// The schema version this build needs and migrates to: the newest embedded migration.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Every embedded migration, oldest first (for operators: `authstore migrate --list`).
 pub fn migrations() -> &'static [Migration] {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use authstore_core::{Clock, SystemClock};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::db::R;
+use crate::db::{Fail, R};
 use crate::write_tx;
 
 pub use authstore_core::migration::Migration;
@@ -31,10 +31,15 @@ static MIGRATIONS: &[Migration] = &[
         name: "key_checks",
         sql: include_str!("../migrations/0004_key_checks.sql"),
     },
+    Migration {
+        version: 5,
+        name: "token_client_keys",
+        sql: include_str!("../migrations/0005_token_client_keys.sql"),
+    },
 ];
 
 /// The schema version this build needs and migrates to: the newest embedded migration.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Every embedded migration, oldest first (for operators: `authstore migrate --list`).
 pub fn migrations() -> &'static [Migration] {
@@ -87,6 +92,14 @@ fn verify(applied: &BTreeMap<i64, (String, String)>) -> R<()> {
 /// Applies every pending migration, each in its own `BEGIN IMMEDIATE` transaction that
 /// first re-reads (under the write lock) what is applied, so concurrent migrators on one
 /// file serialize and each migration runs once. Returns the versions this call applied.
+///
+/// A migration's SQL runs with the connection's `foreign_keys` setting as it is (the
+/// store's writer has it ON): `PRAGMA foreign_keys` does nothing inside a transaction. A
+/// migration that rebuilds a table (SQLite's documented procedure for dropping a
+/// constraint: create, copy, drop, rename) is therefore only correct for a table no other
+/// table, trigger or view refers to, as in 0005: the `DROP TABLE` then runs no implicit
+/// `DELETE` (so nothing cascades) and every copied row is checked as it is inserted. A
+/// migration whose SQL fails is rolled back whole, and the error names it.
 pub(crate) fn migrate(conn: &mut Connection) -> R<Vec<i64>> {
     let mut done = Vec::new();
     for m in MIGRATIONS {
@@ -97,7 +110,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> R<Vec<i64>> {
                 return Ok(false);
             }
             tx.execute_batch(CREATE_TABLE)?;
-            tx.execute_batch(m.sql)?;
+            tx.execute_batch(m.sql).map_err(|e| failed(m, e))?;
             tx.prepare_cached(
                 "INSERT INTO schema_migrations (version, name, checksum, applied_at)
                  VALUES (?1, ?2, ?3, ?4)",
@@ -120,6 +133,62 @@ pub(crate) fn migrate(conn: &mut Connection) -> R<Vec<i64>> {
         }
     }
     Ok(done)
+}
+
+/// A migration whose SQL failed: rolled back, so the database is as it was.
+#[derive(Debug)]
+struct MigrationFailed {
+    version: i64,
+    name: &'static str,
+    /// What to do about it, when the cause is known.
+    hint: &'static str,
+    /// The driver's error.
+    cause: rusqlite::Error,
+}
+
+impl std::fmt::Display for MigrationFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The driver's message is part of this one (and not also a `source`): operators'
+        // tools show one level of cause.
+        write!(
+            f,
+            "sqlite migration {} ({}) failed and was rolled back, the database is unchanged: {}",
+            self.version, self.name, self.cause
+        )?;
+        if !self.hint.is_empty() {
+            write!(f, "; {}", self.hint)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for MigrationFailed {}
+
+/// The error of migration `m` whose SQL failed with `e` (the transaction rolls back): a
+/// busy database stays temporary, anything else is permanent and names the migration.
+fn failed(m: &Migration, e: rusqlite::Error) -> Fail {
+    let code = e.sqlite_error().map(|f| (f.code, f.extended_code));
+    let hint = match code {
+        Some((rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked, _)) => {
+            return Fail::Db(e);
+        }
+        Some((_, rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)) => {
+            "a row refers to a row that does not exist (the file was written with foreign \
+             keys off): list such rows with `PRAGMA foreign_key_check`, delete or repair \
+             them, then migrate again"
+        }
+        _ => "",
+    };
+    Fail::Api(authstore_core::Error::backend(
+        crate::BACKEND,
+        false,
+        MigrationFailed {
+            version: m.version,
+            name: m.name,
+            hint,
+            cause: e,
+        },
+    ))
 }
 
 #[cfg(test)]
