@@ -1,5 +1,6 @@
 //! Group commit of token issuance (`PostgresOptions::batch_issuance`): concurrent calls are
-//! grouped, and every call in a batch gets exactly the answer it would get alone.
+//! grouped, and every call in a batch gets exactly the answer it would get alone; a batch's
+//! statements and its COMMIT are pipelined, and a second batch runs while the first commits.
 
 // Test helpers outside #[test] fns count as non-test code for clippy's allow-*-in-tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -181,9 +182,12 @@ async fn occupy_batcher(
     let lock = hold_audit_table(schema).await;
     let before = store.issuance_stats().batches;
     let s = Arc::clone(store);
+    // A fresh hash each time: a test may occupy the batcher more than once.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(900_000);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let blocker = tokio::spawn(async move {
         s.issue_tokens(
-            &with_new_grant(client, 999_999, false),
+            &with_new_grant(client, n, false),
             event(AuditKind::TokensIssued),
         )
         .await
@@ -257,6 +261,491 @@ async fn audit_ids_present(schema: &str, ids: &[uuid::Uuid]) -> usize {
         .unwrap()
         .get(0);
     usize::try_from(n).unwrap()
+}
+
+/// A migrated store whose connections carry `application_name = app`, so a test can watch
+/// them in `pg_stat_activity`.
+async fn migrated_as(app: &str) -> (Arc<PostgresStore>, common::DropSchema) {
+    let schema = common::fresh_schema().await;
+    let url = format!("{}?application_name={app}", common::url());
+    let store = PostgresStore::connect(&url, common::options(&schema))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (Arc::new(store), common::DropSchema(schema))
+}
+
+/// A unique application name for [`migrated_as`].
+fn app_name(what: &str) -> String {
+    format!("{what}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Connections of `app` in the state `state` (a `LIKE` pattern) and, if given, waiting on a
+/// lock.
+async fn sessions(app: &str, state: &str, waiting_on_lock: bool) -> i64 {
+    common::admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = $1 AND state LIKE $2
+               AND (NOT $3 OR wait_event_type = 'Lock')",
+            &[&app, &state, &waiting_on_lock],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Spawns one `issue_tokens` call per issue, each with its own event.
+fn spawn_calls(
+    store: &Arc<PostgresStore>,
+    issues: &[TokenIssue],
+) -> Vec<tokio::task::JoinHandle<authstore_core::Result<()>>> {
+    issues
+        .iter()
+        .map(|i| {
+            let s = Arc::clone(store);
+            let i = i.clone();
+            tokio::spawn(async move { s.issue_tokens(&i, event(AuditKind::TokensIssued)).await })
+        })
+        .collect()
+}
+
+/// Awaits every call (at most 20 s each).
+async fn answers(
+    calls: Vec<tokio::task::JoinHandle<authstore_core::Result<()>>>,
+) -> Vec<authstore_core::Result<()>> {
+    let mut out = Vec::new();
+    for c in calls {
+        out.push(
+            tokio::time::timeout(Duration::from_secs(20), c)
+                .await
+                .expect("the call answers")
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Whether the access token of `issue` is stored exactly (and its refresh token, if any).
+async fn stored(store: &PostgresStore, issue: &TokenIssue) -> bool {
+    let (h, t) = issue.access.as_ref().unwrap();
+    let access = store.find_access_token(h, T0).await.unwrap();
+    let refresh = match &issue.refresh {
+        Some((h, t)) => store
+            .find_refresh_token(h)
+            .await
+            .unwrap()
+            .map(|st| &st.token == t),
+        None => Some(true),
+    };
+    match (access, refresh) {
+        (Some(a), Some(true)) => {
+            assert_eq!(&a, t, "stored exactly");
+            true
+        }
+        (None, None | Some(true)) => false,
+        (a, r) => panic!("half stored: access {a:?}, refresh matches {r:?}"),
+    }
+}
+
+/// What the batcher relies on, pinned: PostgreSQL answers the COMMIT of a transaction it
+/// aborted by rolling back, and tokio-postgres reports that COMMIT as a success, also when
+/// it is pipelined behind the failing statement. So a batch is committed only when every
+/// one of its statements succeeded, never because its COMMIT did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_of_an_aborted_transaction_reports_no_error() {
+    let schema = common::fresh_schema().await;
+    let _guard = common::DropSchema(schema.clone());
+    let c = common::admin().await;
+    c.batch_execute(&format!(
+        "CREATE TABLE {schema}.t (k int PRIMARY KEY); INSERT INTO {schema}.t VALUES (1)"
+    ))
+    .await
+    .unwrap();
+    let insert = c
+        .prepare(&format!("INSERT INTO {schema}.t VALUES ($1)"))
+        .await
+        .unwrap();
+    let rows = || async {
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {schema}.t"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+
+    // One after the other.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute(&insert, &[&2]).await.unwrap();
+    assert!(c.execute(&insert, &[&1]).await.is_err(), "duplicate key");
+    c.batch_execute("COMMIT")
+        .await
+        .expect("the COMMIT of an aborted transaction is not an error");
+    assert_eq!(
+        rows().await,
+        1,
+        "rolled back: the row before the failure is gone"
+    );
+
+    // Pipelined, as the batcher sends them: nothing waits for an answer before the COMMIT.
+    let (begin, ok, dup, after, commit) = tokio::join!(
+        c.batch_execute("BEGIN"),
+        c.execute(&insert, &[&3]),
+        c.execute(&insert, &[&1]),
+        c.execute(&insert, &[&4]),
+        c.batch_execute("COMMIT"),
+    );
+    begin.unwrap();
+    ok.unwrap();
+    assert_eq!(
+        dup.unwrap_err().code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    assert_eq!(
+        after.unwrap_err().code(),
+        Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION),
+        "the statements after a failure are refused"
+    );
+    commit.expect("the pipelined COMMIT of an aborted transaction is not an error either");
+    assert_eq!(
+        rows().await,
+        1,
+        "nothing of the pipelined transaction was written"
+    );
+    // The connection is out of the transaction.
+    c.execute(&insert, &[&5]).await.unwrap();
+    assert_eq!(rows().await, 2);
+}
+
+/// The last insert of a batch (its audit events) fails on the server after the access and
+/// refresh tokens were inserted, with the COMMIT already on its way: nothing of the batch is
+/// written, no connection is left in a transaction, every call gets its single-call answer
+/// (each ran again alone) and the counters say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_last_insert_before_the_pipelined_commit_writes_nothing() {
+    let app = app_name("lastins");
+    let (store, schema) = migrated_as(&app).await;
+    let on = client("on");
+    store
+        .insert_client(&on, None, event(AuditKind::ClientCreated))
+        .await
+        .unwrap();
+    let existing = grant(on.id);
+    let taken = event(AuditKind::TokensIssued);
+    // Stored alone, with the event whose id a call of the batch reuses.
+    store
+        .issue_tokens(
+            &TokenIssue {
+                new_grant: Some(existing.clone()),
+                grant_id: existing.id,
+                access: None,
+                refresh: None,
+            },
+            taken.clone(),
+        )
+        .await
+        .unwrap();
+    let issues = [
+        with_new_grant(on.id, 50, true),
+        with_new_grant(on.id, 51, true),
+        into_existing(&existing, on.id, 52, true),
+        with_new_grant(on.id, 53, false),
+    ];
+    let events: Vec<AuditEvent> = (0..issues.len())
+        .map(|i| {
+            if i == 1 {
+                taken.clone()
+            } else {
+                event(AuditKind::TokensIssued)
+            }
+        })
+        .collect();
+    let before = store.issuance_stats();
+    let got = one_batch(
+        &store,
+        &schema.0,
+        on.id,
+        issues.iter().cloned().zip(events.iter().cloned()).collect(),
+    )
+    .await;
+    assert_eq!(
+        got.iter().map(outcome).collect::<Vec<_>>(),
+        ["ok", "conflict audit event", "ok", "ok"],
+        "the calls that succeeded ran again alone: had the batch been written, they would \
+         conflict with their own tokens"
+    );
+    let after = store.issuance_stats();
+    assert_eq!(after.fallbacks, before.fallbacks + 1);
+    // The blocker of one_batch, then the batch.
+    assert_eq!(after.batches, before.batches + 2);
+    assert_eq!(after.requests, before.requests + 1 + issues.len() as u64);
+    assert_eq!(after.queued, 0);
+    for (n, (issue, r)) in issues.iter().zip(&got).enumerate() {
+        assert_eq!(stored(&store, issue).await, r.is_ok(), "call {n}");
+        if let Some(g) = &issue.new_grant {
+            assert_eq!(
+                store.get_grant(g.id).await.unwrap().is_some(),
+                r.is_ok(),
+                "call {n}: its grant exists exactly when it succeeded"
+            );
+        }
+    }
+    let ids: Vec<uuid::Uuid> = events.iter().map(|e| *e.id.as_uuid()).collect();
+    // Three new events, and the reused id once (from the first call).
+    assert_eq!(audit_ids_present(&schema.0, &ids).await, 4);
+    assert_eq!(
+        sessions(&app, "idle in transaction%", false).await,
+        0,
+        "no connection was left inside a transaction"
+    );
+    // And the batcher goes on: a later batch is written normally.
+    let more = [
+        with_new_grant(on.id, 54, true),
+        with_new_grant(on.id, 55, true),
+    ];
+    let got = one_batch(
+        &store,
+        &schema.0,
+        on.id,
+        more.iter()
+            .map(|i| (i.clone(), event(AuditKind::TokensIssued)))
+            .collect(),
+    )
+    .await;
+    assert!(got.iter().all(Result::is_ok), "{got:?}");
+    for i in &more {
+        assert!(stored(&store, i).await);
+    }
+    assert_eq!(store.issuance_stats().fallbacks, after.fallbacks);
+}
+
+/// Two batches in flight: the first waits in its second round trip (its COMMIT already
+/// sent) for a token hash another transaction is inserting, while holding `FOR KEY SHARE`
+/// on an existing grant; meanwhile the next calls, into the same grant and into new ones,
+/// are batched, written and committed. Then the other transaction rolls back and the first
+/// batch commits too. Every answer is the single-call one and the counters add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_batch_commits_while_the_first_waits_for_its_commit() {
+    let app = app_name("twofly");
+    let (store, schema) = migrated_as(&app).await;
+    let on = client("on");
+    store
+        .insert_client(&on, None, event(AuditKind::ClientCreated))
+        .await
+        .unwrap();
+    let shared = grant(on.id);
+    let template = TokenIssue {
+        new_grant: Some(shared.clone()),
+        ..into_existing(&shared, on.id, 59, false)
+    };
+    store
+        .issue_tokens(&template, event(AuditKind::TokensIssued))
+        .await
+        .unwrap();
+    // Another transaction inserts, without committing, an access token with the hash of a
+    // call of the first batch: that batch's access-token insert waits for it (a row wait,
+    // under the batch's lock timeout).
+    let other = common::admin().await;
+    other.batch_execute("BEGIN").await.unwrap();
+    other
+        .execute(
+            &format!(
+                "CREATE TEMP TABLE copy ON COMMIT DROP AS
+                 SELECT * FROM {}.access_tokens WHERE hash = $1",
+                schema.0
+            ),
+            &[&template.access.as_ref().unwrap().0.as_bytes().as_slice()],
+        )
+        .await
+        .unwrap();
+    let contested = into_existing(&shared, on.id, 60, true);
+    other
+        .execute(
+            "UPDATE copy SET hash = $1",
+            &[&contested.access.as_ref().unwrap().0.as_bytes().as_slice()],
+        )
+        .await
+        .unwrap();
+    other
+        .batch_execute(&format!(
+            "INSERT INTO {}.access_tokens SELECT * FROM copy",
+            schema.0
+        ))
+        .await
+        .unwrap();
+    let before = store.issuance_stats();
+
+    // The first batch, queued behind a blocker so that it forms one batch.
+    let (lock_audit, blocker) = occupy_batcher(&store, &schema.0, on.id).await;
+    let first = [
+        contested,
+        with_new_grant(on.id, 61, true),
+        into_existing(&shared, on.id, 62, true),
+        with_new_grant(on.id, 63, false),
+    ];
+    let first_calls = spawn_calls(&store, &first);
+    until("the first batch to queue", || {
+        store.issuance_stats().queued == first.len()
+    })
+    .await;
+    lock_audit.batch_execute("COMMIT").await.unwrap();
+    blocker.await.unwrap().unwrap();
+    let admin = common::admin().await;
+    let mut waiting = 0;
+    for _ in 0..2000 {
+        waiting = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'
+                   AND query LIKE 'INSERT INTO access_tokens%'",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if waiting == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        waiting, 1,
+        "the first batch waits at its access-token insert"
+    );
+    assert_eq!(store.issuance_stats().batches, before.batches + 2);
+
+    // The second batch (or batches), into the same grant and new ones.
+    let second = [
+        into_existing(&shared, on.id, 70, true),
+        with_new_grant(on.id, 71, false),
+        into_existing(&shared, on.id, 72, false),
+        with_new_grant(on.id, 73, true),
+    ];
+    let second_answers = answers(spawn_calls(&store, &second)).await;
+    assert!(
+        second_answers.iter().all(Result::is_ok),
+        "{second_answers:?}"
+    );
+    for i in &second {
+        assert!(
+            stored(&store, i).await,
+            "committed while the first batch waits"
+        );
+    }
+    assert!(
+        first_calls.iter().all(|c| !c.is_finished()),
+        "the first batch is still waiting"
+    );
+    for i in &first {
+        assert!(!stored(&store, i).await, "not committed yet");
+    }
+    assert_eq!(
+        store.issuance_stats().fallbacks,
+        before.fallbacks,
+        "the first batch is still in flight (it did not time out)"
+    );
+
+    other.batch_execute("ROLLBACK").await.unwrap();
+    let first_answers = answers(first_calls).await;
+    assert!(first_answers.iter().all(Result::is_ok), "{first_answers:?}");
+    for i in &first {
+        assert!(stored(&store, i).await);
+    }
+    let after = store.issuance_stats();
+    assert_eq!(
+        after.fallbacks, before.fallbacks,
+        "no batch ran its calls alone"
+    );
+    assert_eq!(
+        after.requests,
+        before.requests + 1 + (first.len() + second.len()) as u64
+    );
+    let second_batches = after.batches - before.batches - 2;
+    assert!(
+        (1..=second.len() as u64).contains(&second_batches),
+        "{after:?}"
+    );
+    assert_eq!(after.queued, 0);
+    assert_eq!(sessions(&app, "idle in transaction%", false).await, 0);
+}
+
+/// A batch waits at most a second on a row lock (here a grant locked `FOR UPDATE`, as a
+/// deletion would): then its calls run alone, so those that do not need the locked row
+/// finish at once, and those that do wait for it, as single calls do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stuck_on_a_row_lock_runs_its_calls_alone() {
+    let (store, schema) = migrated().await;
+    let on = client("on");
+    store
+        .insert_client(&on, None, event(AuditKind::ClientCreated))
+        .await
+        .unwrap();
+    let locked = grant(on.id);
+    store
+        .issue_tokens(
+            &TokenIssue {
+                new_grant: Some(locked.clone()),
+                grant_id: locked.id,
+                access: None,
+                refresh: None,
+            },
+            event(AuditKind::TokensIssued),
+        )
+        .await
+        .unwrap();
+    let before = store.issuance_stats();
+    let (lock_audit, blocker) = occupy_batcher(&store, &schema.0, on.id).await;
+    let row_lock = common::admin().await;
+    row_lock
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {}.grants WHERE id = '{}' FOR UPDATE",
+            schema.0,
+            locked.id.as_uuid()
+        ))
+        .await
+        .unwrap();
+    let free = [
+        with_new_grant(on.id, 80, true),
+        with_new_grant(on.id, 81, false),
+    ];
+    let needs_lock = [
+        into_existing(&locked, on.id, 82, true),
+        into_existing(&locked, on.id, 83, false),
+    ];
+    let free_calls = spawn_calls(&store, &free);
+    let locked_calls = spawn_calls(&store, &needs_lock);
+    until("the calls to queue", || store.issuance_stats().queued == 4).await;
+    lock_audit.batch_execute("COMMIT").await.unwrap();
+    blocker.await.unwrap().unwrap();
+    let free_answers = answers(free_calls).await;
+    assert!(free_answers.iter().all(Result::is_ok), "{free_answers:?}");
+    for i in &free {
+        assert!(stored(&store, i).await);
+    }
+    let mid = store.issuance_stats();
+    assert_eq!(mid.fallbacks, before.fallbacks + 1, "the batch gave up");
+    assert!(
+        locked_calls.iter().all(|c| !c.is_finished()),
+        "the calls into the locked grant wait for it, alone"
+    );
+    row_lock.batch_execute("COMMIT").await.unwrap();
+    let locked_answers = answers(locked_calls).await;
+    assert!(
+        locked_answers.iter().all(Result::is_ok),
+        "{locked_answers:?}"
+    );
+    for i in &needs_lock {
+        assert!(stored(&store, i).await);
+    }
+    let after = store.issuance_stats();
+    assert_eq!(
+        after.batches,
+        before.batches + 2,
+        "the blocker, then one batch"
+    );
+    assert_eq!(after.requests, before.requests + 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
