@@ -124,10 +124,12 @@
 //! waiting window; at most 256), and writes them in **one transaction** with multi-row
 //! statements (`INSERT … SELECT … FROM unnest($1::bytea[], …)`): the new grants (only for
 //! enabled clients), one `FOR KEY SHARE` check of the existing grants, the access tokens,
-//! the refresh tokens and the audit events. While a batch commits, new calls queue and form
-//! the next one; a batch of one is the single-call transaction, so a lone call costs one
-//! commit plus one task hand-off. The task holds no connection while idle and ends when
-//! the store is dropped.
+//! the refresh tokens and the audit events. The statements are pipelined into **two round
+//! trips** (`BEGIN` with the grant statements; the inserts with `COMMIT`), and up to two
+//! batches are in flight: the next batch starts executing as soon as the previous one has
+//! sent its `COMMIT`, so the database commits one while it runs the next. A batch of one is
+//! the single-call transaction, so a lone call costs one commit plus one task hand-off.
+//! The task holds no connection while idle and ends when the store is dropped.
 //!
 //! Each call still gets exactly the answer it would get alone: a call whose grant is
 //! missing or revoked, or whose client is missing or disabled, gets
@@ -142,10 +144,11 @@
 //!
 //! It helps when many calls issue at once (a busy token endpoint): on the reference
 //! machine, 16 concurrent callers issued about 1.6× as many client_credentials tokens per
-//! second with it as without (fsync and synchronous commit on; 1.8× for the
-//! `issue_tokens` calls alone). A single caller pays the hand-off to the task (0.8–1.0× in
-//! our runs): turn it off where issuance is rare and latency matters more. [`PostgresStore::issuance_stats`] shows how much
-//! grouping happens.
+//! second with one batch at a time as without batching (fsync and synchronous commit on),
+//! and pipelining with two batches in flight added 10–18 % at 16 callers and about 35 % at 4
+//! (docs/BENCHMARKS.md). A single caller pays the hand-off to the task (0.8–1.0× in our
+//! runs): turn it off where issuance is rare and latency matters more.
+//! [`PostgresStore::issuance_stats`] shows how much grouping happens.
 
 use std::fmt;
 use std::str::FromStr;

@@ -423,10 +423,11 @@ impl ClientStore for PostgresStore {
     async fn delete_client(&self, id: ClientId, audit: AuditEvent) -> Result<bool> {
         let mut conn = self.inner.conn().await?;
         let tx = conn.transaction().await.db()?;
-        // Grants first: issuers hold `FOR KEY SHARE` on a grant and then need `KEY SHARE` on
-        // the client for their foreign-key check. Deleting the client first would lock it
-        // and then wait on the grant inside the cascade: a lock cycle (deadlock) with every
-        // issuance into that client. Taking the grant locks first makes us wait for them.
+        // Grants first: issuers hold `FOR KEY SHARE` on a grant (their tokens' foreign key),
+        // and inserting a new grant takes `KEY SHARE` on its client. Deleting the client
+        // first would lock it and then wait on the grants inside the cascade: a lock cycle
+        // (deadlock) with issuance into that client. Taking the grant locks first makes us
+        // wait for the issuers instead. (Since schema 5 tokens reference only their grant.)
         exec(
             &tx,
             "DELETE FROM grants WHERE client_id = $1",
