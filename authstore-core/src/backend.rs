@@ -981,4 +981,13 @@ pub trait Backend:
 {
     /// The backend's name (`memory`, `sqlite`, …), for logs and errors.
     fn backend_name(&self) -> &'static str;
+
+    /// Whether a lookup is an in-process map read: no I/O, never a temporary failure, and
+    /// cheaper than verifying a presented token's checksum. Access-token validation then
+    /// looks up first and verifies the checksum only on a miss (same answers, one hash
+    /// fewer per valid token). The default, `false`, is right for every backend that
+    /// reaches a database: it is never asked about a string whose checksum is wrong.
+    fn lookups_are_in_process(&self) -> bool {
+        false
+    }
 }

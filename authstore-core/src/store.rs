@@ -1082,11 +1082,13 @@ impl Authstore {
     /// just read, typically the one [`verify_client_secret`](Self::verify_client_secret)
     /// returned when the token endpoint authenticated it: one read fewer per token.
     ///
-    /// The record's grant types, type and scopes are checked as
+    /// The record's grant types, type, scopes and lifetimes are checked as
     /// `issue_client_credentials` checks them; the write itself still refuses a client that
     /// was deleted or disabled since it was read (the new grant is inserted only if its
     /// client exists and is enabled, in the same statement), so a stale record cannot
-    /// revive a client.
+    /// revive a client. A change of the client's scopes or grant types made between the
+    /// read and this call is not seen (the same window as reading it here: one request).
+    /// Pass only a record read from this store: the record is trusted for the rest.
     pub async fn issue_client_credentials_for(
         &self,
         client: &Client,
@@ -1094,6 +1096,9 @@ impl Authstore {
         options: &TokenOptions,
     ) -> Result<IssuedTokens> {
         options.validate()?;
+        // The record's own limits are checked as a stored client's were when it was
+        // written (a record built by hand gets no lifetime the store would refuse).
+        check_client_lifetimes(&client.lifetimes)?;
         if client.disabled {
             return Err(Error::UnauthorizedClient {
                 reason: format!("client {} is disabled", client.id),
@@ -1143,18 +1148,29 @@ impl Authstore {
     /// does not find). Expiry, revocation of the token and its grant, and the client being
     /// enabled are all checked in that read. Never writes.
     ///
-    /// [`Error::MalformedToken`] (no lookup) for strings that cannot be our tokens,
-    /// [`Error::Inactive`] for unknown, expired or revoked ones.
+    /// [`Error::MalformedToken`] for strings that cannot be our tokens (without a database
+    /// read; an in-process backend, see [`Backend::lookups_are_in_process`], may look one up
+    /// first, with the same answer), [`Error::Inactive`] for unknown, expired or revoked
+    /// ones.
     pub async fn validate_access_token(&self, token: &str) -> Result<AccessToken> {
         let kind = TokenKind::AccessToken;
-        // Length, characters and prefix before the lookup; the checksum only on a miss (see
-        // `TokenFormat::check_shape`): a found token was checked in full when it was stored,
-        // and the answers are those of checking first.
+        let now = self.now();
+        if !self.backend.lookups_are_in_process() {
+            for h in self.candidates(kind, token)? {
+                if let Some(t) = self.backend.find_access_token(&h, now).await? {
+                    return Ok(t);
+                }
+            }
+            return Err(Error::Inactive { kind: kind.name() });
+        }
+        // An in-process backend: length, characters and prefix before the lookup, the
+        // checksum only on a miss (see `TokenFormat::check_shape`). A found token was
+        // checked in full when it was stored, and such a lookup cannot fail, so the answers
+        // are those of checking first.
         let presented = self.config.token_format.check_shape(kind, token)?;
         if presented == Presented::Foreign && !self.config.accept_foreign_tokens {
             return Err(foreign_refused(kind));
         }
-        let now = self.now();
         let active = self.keys.hash(token);
         if let Some(t) = self.backend.find_access_token(&active, now).await? {
             return Ok(t);

@@ -122,7 +122,8 @@ impl Default for TokenFormat {
 /// How a presented string relates to the token format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presented {
-    /// Carries our prefix for the expected kind and a valid checksum.
+    /// Carries our prefix for the expected kind, in the minted shape, and (from
+    /// [`TokenFormat::check`], not [`TokenFormat::check_shape`]) a valid checksum.
     Minted,
     /// Carries none of our prefixes: minted elsewhere.
     Foreign,

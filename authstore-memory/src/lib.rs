@@ -196,6 +196,10 @@ impl Backend for MemoryStore {
     fn backend_name(&self) -> &'static str {
         "memory"
     }
+
+    fn lookups_are_in_process(&self) -> bool {
+        true
+    }
 }
 
 /// Fills the event's grant, client and subject from the record it is about, where the

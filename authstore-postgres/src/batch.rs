@@ -277,7 +277,10 @@ const BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '1s'";
 async fn process(inner: &Inner, mut batch: Vec<Request>, counters: &Counters, turn: &mut Turn) {
     if batch.len() == 1 {
         if let Some(req) = batch.pop() {
-            let r = stores::issue_one(inner, &req.issue, &req.audit).await;
+            // As the single path answers (`issue_tokens`): a foreign-key failure (a client
+            // deleted between the grant's EXISTS check and its key check) is `Inactive`.
+            let r =
+                crate::db::fk_as_inactive(stores::issue_one(inner, &req.issue, &req.audit).await);
             let _ = req.reply.send(Reply::Done(r));
         }
         return;
@@ -465,16 +468,41 @@ async fn transaction(c: &Object, batch: &[Request], turn: &mut Turn) -> Ended {
     // Inside the transaction, so under its lock timeout: preparing a statement locks the
     // tables it names (a table locked elsewhere, by a migration say, makes it wait). Once
     // the connection has them, this sends nothing.
-    let st = match Statements::prepare(c).await {
+    //
+    // BEGIN's answer is read while the prepare runs (without waiting for it when the
+    // statements are cached and nothing is sent): the driver stops reading the connection
+    // while an unread answer's buffer is full, which could leave a prepare unanswered.
+    let mut begin = std::pin::pin!(begin.answer());
+    let mut begun = None;
+    let prepared = {
+        let mut prepare = std::pin::pin!(Statements::prepare(c));
+        loop {
+            tokio::select! {
+                biased;
+                p = &mut prepare => break p,
+                b = &mut begin, if begun.is_none() => begun = Some(b),
+            }
+        }
+    };
+    let st = match prepared {
         Ok(st) => st,
         Err(e) => {
-            let begin = begin.answer().await.db().err();
-            return (Err(pick([begin, Some(e)])), rollback(c).await);
+            let b = match begun {
+                Some(b) => b,
+                None => begin.await,
+            };
+            return (Err(pick([b.db().err(), Some(e)])), rollback(c).await);
         }
     };
     let inserted = send(insert_grants(c, &st.grants, batch)).await;
     let live = send(live_grants(c, &st.live, batch)).await;
-    let (begin, inserted, live) = tokio::join!(begin.answer(), inserted.answer(), live.answer());
+    let begin = async {
+        match begun {
+            Some(b) => b,
+            None => begin.await,
+        }
+    };
+    let (begin, inserted, live) = tokio::join!(begin, inserted.answer(), live.answer());
     let (inserted, live) = match (begin.db(), inserted, live) {
         (Ok(()), Ok(i), Ok(l)) => (i, l),
         (b, i, l) => return (Err(pick([b.err(), i.err(), l.err()])), rollback(c).await),
@@ -544,10 +572,23 @@ async fn transaction(c: &Object, batch: &[Request], turn: &mut Turn) -> Ended {
             )),
             false,
         ),
-        Err(commit) => {
+        // The server refused the COMMIT: nothing was written.
+        Err(commit) if commit.as_db_error().is_some() => {
             let [a, r, e] = inserts.map(|e| e.map(pg_err));
             (Err(pick([a, r, e, Some(pg_err(commit))])), false)
         }
+        // The driver failed to read the COMMIT's answer: it may have been applied.
+        Err(_) => (
+            Err(Error::backend(
+                BACKEND,
+                true,
+                Message(
+                    "batched token issuance lost the answer to its COMMIT: the tokens may or \
+                     may not have been stored",
+                ),
+            )),
+            false,
+        ),
     }
 }
 

@@ -13,10 +13,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authstore_core::backend::{ClientStore, GrantStore, Maintenance};
+use authstore_core::backend::{Backend, ClientStore, GrantStore, Maintenance};
 use authstore_core::{
-    AuditContext, AuditEvent, AuditKind, Client, ClientId, ClientType, GrantType, Scopes,
-    Timestamp, TokenEndpointAuthMethod, TokenHash, TokenLifetimes,
+    AuditContext, AuditEvent, AuditKind, Authstore, Client, ClientId, ClientType, Error, GrantType,
+    Scopes, Timestamp, TokenEndpointAuthMethod, TokenFormat, TokenHash, TokenKey, TokenKeyring,
+    TokenKind, TokenLifetimes,
 };
 use authstore_postgres::{PostgresOptions, PostgresStore};
 
@@ -113,6 +114,20 @@ async fn the_pool_recovers_after_the_server_restarts() {
         let r = store.get_client(c.id).await;
         assert!(r.as_ref().is_err_and(|e| e.is_temporary()), "{r:?}");
     }
+    // Junk never reaches the database: a mistyped token is malformed (a client error),
+    // not a temporary failure, even while the server is down.
+    let s = Authstore::new(
+        Arc::clone(&store) as Arc<dyn Backend>,
+        TokenKeyring::new(TokenKey::from_bytes("k1", [7; 32]).unwrap()),
+    );
+    let mut typo = TokenFormat::new()
+        .mint(TokenKind::AccessToken)
+        .unwrap()
+        .to_string();
+    let last = typo.pop().unwrap();
+    typo.push(if last == '0' { '1' } else { '0' });
+    let e = s.validate_access_token(&typo).await.unwrap_err();
+    assert!(matches!(e, Error::MalformedToken { .. }), "{e:?}");
 
     ctl("start");
     // The same store, no new process: works again within a few seconds.

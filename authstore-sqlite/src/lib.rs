@@ -730,6 +730,10 @@ impl Inner {
                         step("RELEASE issue")?;
                         outcomes.push(None);
                     }
+                    // SQLite rolled the whole transaction back (disk full, I/O error, …):
+                    // nothing of the batch is stored, and every caller gets this error
+                    // rather than the "no such savepoint" of the next statement.
+                    Err(e) if tx.is_autocommit() => return Err(e),
                     // Only this item's writes are undone; the others stay.
                     Err(e) => {
                         step("ROLLBACK TO issue")?;
