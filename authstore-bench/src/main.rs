@@ -99,8 +99,8 @@ struct Args {
     /// `FULL` (to see what durability costs; the targets are for `FULL`).
     #[arg(long)]
     sqlite_normal: bool,
-    /// SQLite `mmap_size` in MiB on both sides (the store's default: 256).
-    #[arg(long, default_value_t = 256)]
+    /// SQLite `mmap_size` in MiB on both sides (the store's default: 0, off).
+    #[arg(long, default_value_t = 0)]
     sqlite_mmap_mib: u64,
     /// The SQLite store's reader connections (its default: 4).
     #[arg(long, default_value_t = 4)]

@@ -2,9 +2,9 @@
 //! `authstore-sqlite`), the bulk loader, and size figures.
 //!
 //! Connections are configured as the store configures its own (`authstore-sqlite`'s
-//! `configure`): WAL, `synchronous=FULL`, `foreign_keys=ON`, `mmap_size` 256 MiB,
-//! `cache_size` 8 MiB, `busy_timeout` 5 s, readers `query_only`. Reads use one connection per
-//! task. Writes use one writer connection behind an async mutex, as the store does (SQLite
+//! `configure`): WAL, `synchronous=FULL`, `foreign_keys=ON`, no `mmap_size` (the store's
+//! default), `temp_store=MEMORY`, `cache_size` 8 MiB, `busy_timeout` 5 s, readers
+//! `query_only`. Reads use one connection per task. Writes use one writer connection behind an async mutex, as the store does (SQLite
 //! has one writer at a time; a writer per task would only add `SQLITE_BUSY` back-offs).
 
 use std::hint::black_box;
@@ -72,7 +72,7 @@ fn err(e: impl std::fmt::Display) -> String {
 pub(crate) struct Tuning {
     /// `synchronous=NORMAL` instead of the store's default `FULL`.
     pub(crate) normal: bool,
-    /// `mmap_size` in MiB (the store's default: 256).
+    /// `mmap_size` in MiB (the store's default: 0, off).
     pub(crate) mmap_mib: u64,
     /// The store's reader connections (its default: 4).
     pub(crate) readers: usize,
@@ -82,7 +82,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             normal: false,
-            mmap_mib: 256,
+            mmap_mib: 0,
             readers: 4,
         }
     }
@@ -139,6 +139,8 @@ pub(crate) fn open(
     )
     .map_err(err)?;
     conn.pragma_update(None, "cache_size", -cache_kib)
+        .map_err(err)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(err)?;
     if reader {
         conn.pragma_update(None, "query_only", "ON").map_err(err)?;

@@ -245,9 +245,12 @@ async fn pragmas_are_as_configured() {
             "FULL by default"
         );
         assert_eq!(s.pragma("busy_timeout", reader).unwrap(), "5000");
+        // 2 = MEMORY: savepoint journals of group commit never spill to temporary files.
+        assert_eq!(s.pragma("temp_store", reader).unwrap(), "2");
         assert_eq!(
             s.pragma("mmap_size", reader).unwrap(),
-            (256 * 1024 * 1024).to_string()
+            "0",
+            "off by default"
         );
         assert_eq!(s.pragma("cache_size", reader).unwrap(), "-8192");
     }
@@ -266,13 +269,16 @@ async fn pragmas_are_as_configured() {
         readers: 1,
         busy_timeout: Duration::from_millis(250),
         synchronous: Synchronous::Normal,
-        mmap_size: 0,
+        mmap_size: 64 * 1024 * 1024,
         cache_size_kib: 1024,
     };
     let s = SqliteStore::open(dir.path().join("u.db"), opts).unwrap();
     assert_eq!(s.pragma("synchronous", false).unwrap(), "1");
     assert_eq!(s.pragma("busy_timeout", false).unwrap(), "250");
-    assert_eq!(s.pragma("mmap_size", true).unwrap(), "0");
+    assert_eq!(
+        s.pragma("mmap_size", true).unwrap(),
+        (64 * 1024 * 1024).to_string()
+    );
     assert_eq!(s.pragma("cache_size", true).unwrap(), "-1024");
 }
 
