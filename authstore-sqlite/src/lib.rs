@@ -600,12 +600,20 @@ impl Inner {
         self.pick_reader(usize::from(self.readers.len() > 1))
     }
 
-    /// The first free reader from `first` on (round-robin), else wait: for inline reads
-    /// (`first == 0`) on reader 0, for long work on one of readers `first..`.
+    /// The first free reader from `first` on (for long work round-robin), else wait: for
+    /// inline reads (`first == 0`) on reader 0, for long work on one of readers `first..`.
     fn pick_reader(&self, first: usize) -> MutexGuard<'_, Connection> {
         let pool = self.readers.get(first..).unwrap_or_default();
         let n = pool.len();
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        // Inline reads take the first free reader from 0 on, not round-robin: at low
+        // concurrency they all land on reader 0, whose page cache stays warm (each
+        // connection has its own cache; rotating over four readers made each one miss
+        // four times as often). Long work still rotates over its readers.
+        let start = if first == 0 {
+            0
+        } else {
+            self.next_reader.fetch_add(1, Ordering::Relaxed)
+        };
         for i in 0..n {
             let Some(m) = pool.get((start + i) % n) else {
                 continue;
